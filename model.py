@@ -1,0 +1,469 @@
+"""
+The GPT backbone, written once, and its vanilla softmax attention.
+
+Backbone (GPT-2 / nanoGPT, pre-norm):
+
+    h_0     = wte[idx] (+ wpe[pos] for learned or sinusoidal positions)
+    h'_l    = h_l  + Attention(LayerNorm(h_l))
+    h_{l+1} = h'_l + MLP(LayerNorm(h'_l)),      MLP(x) = W_2 GELU(W_1 x), 4x wide
+    logits  = LayerNorm(h_L) wteᵀ                (input and output embeddings tied)
+
+Softmax attention (Vaswani et al. 2017, "Attention Is All You Need"), causal:
+
+    Attn(Q, K, V) = softmax(Q Kᵀ / √d + M) V,    M[i, j] = 0 if j <= i else -inf
+
+computed by F.scaled_dot_product_attention, which on a GPU runs a flash kernel
+(Dao et al. 2022) that never forms the T×T score matrix. `attn_impl='naive'`
+forms it on purpose, for the memory-wall benchmark.
+
+Grouped-query attention (Ainslie et al. 2023): `n_kv_head` K/V heads, each
+shared by n_head / n_kv_head query heads. n_kv_head = n_head is plain
+multi-head attention, n_kv_head = 1 multi-query attention.
+
+Positions (`pos_emb`):
+    learned     a trained table wpe[block_size, C] added to the input (GPT-2)
+    sinusoidal  sin/cos of pos / 10000^(2i/C) added to the input (Vaswani et al.)
+    rope        q and k rotated by position-dependent angles, so q·k depends on
+                i - j only (Su et al. 2021, RoFormer)
+    alibi       a per-head bias -m_h (i - j) added to the scores, slopes m_h a
+                geometric sequence (Press et al. 2022)
+    none        no position signal; the causal mask alone carries order (NoPE)
+
+Adding an attention family: write model_<family>.py with an attention module
+that keeps the contract below, subclass GPTConfig with its fields and GPT with
+`attention_class = YourAttention`, and add one line to FAMILIES in
+train_runner.py. The attention contract:
+
+    __init__(config, layer_idx)
+    forward(x, pos, cache=None, return_attn=False) -> (y, attention map or None)
+        x [B, T, C]; pos [T] absolute positions (a tensor, so a decode step has
+        fixed shapes and can be replayed as a CUDA graph). With a cache and
+        T > 1 the call is a prefill and pos is 0..T-1; with T == 1 it is one
+        decoding step at position pos[0].
+    new_cache(batch_size, device, dtype) -> this layer's decoding state
+    forward_flops_per_token(T) -> forward FLOPs per token of the token mixing
+        (scores and weighted sums; projections are counted by the backbone)
+
+Decoding past block_size: a family whose decoding state is bounded by the
+context (softmax's KV cache, learned positions) sets `streams = False`, and
+generate() then conditions each token on the last block_size tokens, exactly
+as nanoGPT's model(idx[:, -block_size:]) does: while the context fits, one
+cached step per token; once it is full, each token recomputes the window.
+A recurrent family sets `streams = True` and carries its state on forever.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+POS_EMBS = ("learned", "sinusoidal", "rope", "alibi", "none")
+ATTN_IMPLS = ("sdpa", "naive")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256
+    vocab_size: int = 65
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    n_kv_head: int | None = None  # None: = n_head
+    dropout: float = 0.0
+    bias: bool = False
+    pos_emb: str = "learned"
+    attn_impl: str = "sdpa"
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "n_kv_head"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        if self.pos_emb not in POS_EMBS:
+            raise ValueError(f"pos_emb must be one of {', '.join(POS_EMBS)}; got '{self.pos_emb}'")
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}; got '{self.attn_impl}'")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rope needs an even head dim; n_embd/n_head = {self.n_embd // self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self):
+        return self.n_embd // self.n_head
+
+
+# ---------------------------------------------------------------------------
+# Positions: shared helpers any family may use
+# ---------------------------------------------------------------------------
+
+def sinusoidal_embedding(pos, dim):
+    """[T] positions -> [T, dim] sin/cos features (Vaswani et al. 2017), any length."""
+    inv_freq = torch.exp(torch.arange(0, dim, 2, device=pos.device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    angles = pos.float()[:, None] * inv_freq[None, :]
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(1)[:, :dim]
+
+
+def apply_rope(x, pos, base=10000.0):
+    """Rotate pairs (x[2i], x[2i+1]) of x [B, H, T, D] by angle pos * base^(-2i/D)."""
+    D = x.shape[-1]
+    inv_freq = base ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
+    angles = pos.float()[:, None] * inv_freq[None, :]  # [T, D/2]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+def alibi_slopes(n_head):
+    """Per-head slopes m_h = 2^(-8h/n) (Press et al. 2022), with their fix for n not a power of 2."""
+    def powers(n):
+        start = 2 ** (-8 / n)
+        return [start ** (i + 1) for i in range(n)]
+    if math.log2(n_head).is_integer():
+        return torch.tensor(powers(n_head))
+    p = 2 ** math.floor(math.log2(n_head))
+    return torch.tensor(powers(p) + powers(2 * p)[0::2][: n_head - p])
+
+
+def alibi_bias(slopes, q_pos, k_pos):
+    """[H, Tq, Tk] additive bias: -m_h (i - j) where j <= i, -inf for the future."""
+    dist = (q_pos[:, None] - k_pos[None, :]).float()
+    bias = -slopes.to(dist.device)[:, None, None] * dist
+    return bias.masked_fill(dist < 0, float("-inf"))
+
+
+# ---------------------------------------------------------------------------
+# Softmax attention
+# ---------------------------------------------------------------------------
+
+class KVCache:
+    """Static K/V buffers [B, n_kv_head, block_size, head_dim] for one layer.
+
+    Writes go to the token's position in place, so a decoding step has the same
+    shapes at every position (what lets one CUDA graph serve them all).
+    """
+
+    def __init__(self, batch_size, n_kv_head, max_len, head_dim, device, dtype):
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.positions = torch.arange(max_len, device=device)
+
+    def write(self, k, v, pos):
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
+
+
+def naive_attention(q, k, v, bias, dropout_p=0.0):
+    """softmax(q kᵀ/√d + bias) v with the [B, H, Tq, Tk] scores in memory. Returns (y, weights)."""
+    if k.shape[1] != q.shape[1]:  # GQA: each K/V head serves a group of query heads
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1])) + bias.to(q.dtype)
+    low_precision = scores.dtype in (torch.float16, torch.bfloat16)
+    weights = F.softmax(scores.float() if low_precision else scores, dim=-1).to(q.dtype)
+    return F.dropout(weights, dropout_p) @ v, weights
+
+
+def causal_bias(T, device):
+    return torch.full((T, T), float("-inf"), device=device).triu(1)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head (or grouped-query) causal softmax attention with a static KV cache."""
+
+    # Query rows per chunk when ALiBi's bias must be given to SDPA as a tensor:
+    # memory stays O(H · chunk · T) instead of the O(H · T²) of one big bias.
+    alibi_chunk = 256
+
+    def __init__(self, config, layer_idx=0):
+        super().__init__()
+        self.config = config
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_dim, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        if config.pos_emb == "alibi":
+            self.register_buffer("slopes", alibi_slopes(config.n_head), persistent=False)
+
+    def new_cache(self, batch_size, device, dtype):
+        return KVCache(batch_size, self.n_kv_head, self.config.block_size, self.head_dim, device, dtype)
+
+    def forward_flops_per_token(self, T):
+        # q·k and weights·v, 2 FLOPs per multiply-add, over all T keys (nanoGPT's convention)
+        return 2 * 2 * self.n_head * self.head_dim * T
+
+    def forward(self, x, pos, cache=None, return_attn=False):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
+                                        self.n_kv_head * self.head_dim], dim=2)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.config.pos_emb == "rope":
+            q, k = apply_rope(q, pos, self.config.rope_base), apply_rope(k, pos, self.config.rope_base)
+        k_pos = pos
+        if cache is not None:
+            cache.write(k, v, pos)
+            if T == 1:  # one decoding step: attend over the whole static cache, masked past pos
+                k, v, k_pos = cache.k, cache.v, cache.positions
+        y, att = self._attend(q, k, v, pos, k_pos, return_attn)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), att
+
+    def _attend(self, q, k, v, q_pos, k_pos, return_attn):
+        dropout_p = self.config.dropout if self.training else 0.0
+        gqa = self.n_kv_head != self.n_head
+        alibi = self.config.pos_emb == "alibi"
+        decoding = q.shape[2] == 1 and k.shape[2] != 1
+        if return_attn or self.config.attn_impl == "naive":
+            bias = alibi_bias(self.slopes, q_pos, k_pos) if alibi else \
+                torch.zeros(q.shape[2], k.shape[2], device=q.device).masked_fill(k_pos[None] > q_pos[:, None], float("-inf"))
+            return naive_attention(q, k, v, bias, dropout_p)
+        if decoding:
+            mask = alibi_bias(self.slopes, q_pos, k_pos).to(q.dtype) if alibi else (k_pos <= q_pos)[None, :]
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa), None
+        if not alibi:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=gqa), None
+        chunks = []
+        for s in range(0, q.shape[2], self.alibi_chunk):  # causal: rows s..e need keys < e only
+            e = min(s + self.alibi_chunk, q.shape[2])
+            bias = alibi_bias(self.slopes, q_pos[s:e], k_pos[:e]).to(q.dtype)
+            chunks.append(F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e], attn_mask=bias,
+                                                         dropout_p=dropout_p, enable_gqa=gqa))
+        return torch.cat(chunks, dim=2), None
+
+
+# ---------------------------------------------------------------------------
+# Backbone
+# ---------------------------------------------------------------------------
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config, attention):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = attention
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, pos, cache=None, return_attn=False):
+        a, att = self.attn(self.ln_1(x), pos, cache, return_attn)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), att
+
+
+class GPT(nn.Module):
+    attention_class = CausalSelfAttention
+    streams = False  # see the module docstring: decoding past block_size
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, self.attention_class(config, i)) for i in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        if config.pos_emb == "learned":
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=True):
+        """Parameters, without the position table by default (the token table is tied to the head)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    # -- forward -------------------------------------------------------------
+
+    def _embed(self, idx, pos):
+        x = self.transformer.wte(idx)
+        if self.config.pos_emb == "learned":
+            x = x + self.transformer.wpe(pos)
+        elif self.config.pos_emb == "sinusoidal":
+            x = x + sinusoidal_embedding(pos, self.config.n_embd).to(x.dtype)
+        return self.transformer.drop(x)
+
+    def forward(self, idx, targets=None, return_attn=False):
+        """idx [B, T] -> (logits [B, T, vocab], loss or None[, per-layer attention maps])."""
+        B, T = idx.shape
+        if T > self.config.block_size and not self.streams:
+            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self._embed(idx, pos)
+        maps = []
+        for block in self.transformer.h:
+            x, att = block(x, pos, return_attn=return_attn)
+            maps.append(att)
+        logits = self.lm_head(self.transformer.ln_f(x))
+        loss = None
+        if targets is not None:
+            flat = logits.view(-1, logits.size(-1))
+            loss = F.cross_entropy(flat.float() if flat.dtype in (torch.float16, torch.bfloat16) else flat,
+                                   targets.reshape(-1), ignore_index=-1)
+        return (logits, loss, maps) if return_attn else (logits, loss)
+
+    # -- decoding --------------------------------------------------------------
+
+    def new_caches(self, batch_size, device=None, dtype=None):
+        p = self.lm_head.weight
+        return [b.attn.new_cache(batch_size, device or p.device, dtype or p.dtype) for b in self.transformer.h]
+
+    def step(self, idx, pos, caches):
+        """Run idx [B, T] at positions pos [T] through the caches; logits of the last position [B, vocab].
+
+        T > 1 is a prefill (pos = 0..T-1), T == 1 one decoding step.
+        """
+        x = self._embed(idx, pos)
+        for block, cache in zip(self.transformer.h, caches):
+            x, _ = block(x, pos, cache)
+        return self.lm_head(self.transformer.ln_f(x[:, -1]))
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, cuda_graph=None):
+        """Append max_new_tokens sampled tokens to idx [B, T0]; temperature 0 is greedy.
+
+        Each token is drawn from the logits that model(context) gives, where the
+        context is everything so far (streams) or its last block_size tokens
+        (softmax): the cache only makes that cheaper, never different. On CUDA,
+        each fixed-shape step (sampling included) is captured once as a CUDA
+        graph and replayed, since at batch 1 the cost is kernel launches, not math.
+        """
+        B, T0 = idx.shape
+        L = self.config.block_size
+        use_graph = idx.is_cuda if cuda_graph is None else cuda_graph
+        dtype = torch.get_autocast_dtype("cuda") if idx.is_cuda and torch.is_autocast_enabled("cuda") else None
+        out = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
+        out[:, :T0] = idx
+        if max_new_tokens == 0:
+            return out
+        caches = self.new_caches(B, idx.device, dtype)
+
+        def run(tokens, pos, use_caches):
+            return sample_next(self.step(tokens, pos, caches if use_caches else [None] * len(caches)), temperature, top_k)
+
+        graphs = {}
+
+        def step(tokens, pos, use_caches):
+            if not use_graph:
+                return run(tokens, pos, use_caches)
+            key = (tokens.shape[1], use_caches)
+            if key not in graphs:
+                graphs[key] = GraphedCall(lambda t, p: run(t, p, use_caches), tokens, pos)
+            return graphs[key](tokens, pos)
+
+        # positions live on the device: slicing them costs no host-to-device copy (which would sync)
+        positions = torch.arange(T0 + max_new_tokens, device=idx.device)
+        n = T0 if self.streams else min(T0, L)
+        out[:, T0] = run(out[:, T0 - n:T0], positions[:n], True)  # prefill
+        for t in range(T0 + 1, T0 + max_new_tokens):
+            if self.streams or t <= L:  # the newest token fits in the cache at position t-1
+                out[:, t] = step(out[:, t - 1:t], positions[t - 1:t], True)
+            else:  # the window is full: recompute it, exactly as model(idx[:, -L:])
+                out[:, t] = step(out[:, t - L:t], positions[:L], False)
+        return out
+
+    # -- accounting and optimisation ---------------------------------------------
+
+    def estimate_flops_per_token(self, T):
+        """Training FLOPs per token at context T: 6 per parameter (fwd+bwd) plus 3x each layer's mixing."""
+        mixing = sum(block.attn.forward_flops_per_token(T) for block in self.transformer.h)
+        return 6 * self.get_num_params() + 3 * mixing
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW; matrices decay, vectors (norms, biases) do not; fused kernel on CUDA."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")
+
+
+@torch.no_grad()
+def generate_by_recompute(model, idx, max_new_tokens, temperature=1.0, top_k=None):
+    """The reference decoder (nanoGPT's): one full forward over the context per new token, no cache."""
+    for _ in range(max_new_tokens):
+        context = idx if model.streams else idx[:, -model.config.block_size:]
+        logits, _ = model(context)
+        idx = torch.cat((idx, sample_next(logits[:, -1], temperature, top_k)[:, None]), dim=1)
+    return idx
+
+
+def sample_next(logits, temperature=1.0, top_k=None):
+    """[B, vocab] logits -> [B] next tokens. temperature 0 picks the argmax."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(1)
+
+
+class GraphedCall:
+    """fn(tokens, pos) captured once as a CUDA graph; calls copy the inputs in and replay it."""
+
+    def __init__(self, fn, tokens, pos):
+        self.tokens, self.pos = tokens.clone(), pos.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm up off the capture so lazy inits stay out of the graph
+            for _ in range(2):
+                fn(self.tokens, self.pos)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = fn(self.tokens, self.pos)
+
+    def __call__(self, tokens, pos):
+        self.tokens.copy_(tokens)
+        self.pos.copy_(pos)
+        self.graph.replay()
+        return self.out

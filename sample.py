@@ -1,0 +1,120 @@
+"""
+Generate text from any family's checkpoint (the family is recorded in it).
+
+    python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=3 --max_new_tokens=500
+    python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt
+    python sample.py --out_dir=out-shakespeare-char --bench=True    # ms/token: no cache vs cache vs CUDA graph
+
+Decodes with the dataset's meta.pkl when it has one (char-level), else with
+tiktoken's GPT-2 encoding. Prints each sample and the decoding speed in ms per
+new token; `temperature=0` is greedy.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from model import generate_by_recompute
+from train_runner import UserError, configure, load_meta, model_from_checkpoint, parse_argv, read_checkpoint
+
+# -----------------------------------------------------------------------------
+out_dir = "out-shakespeare-char"
+start = "\n"  # or "FILE:path/to/prompt.txt"
+num_samples = 3
+max_new_tokens = 500
+temperature = 0.8  # 0: greedy
+top_k = 200  # 0: no top-k
+seed = 1337
+device = "auto"
+dtype = "auto"  # 'auto': bfloat16 on a GPU that has it, else float32
+cuda_graph = True  # replay each decoding step as one CUDA graph (GPU only)
+bench = False  # time decoding without a cache, with it, and with CUDA graphs instead of printing samples
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+
+
+def codec(ckpt):
+    meta = load_meta(ckpt["config"]["dataset"])
+    if meta is not None:
+        stoi, itos = meta["stoi"], meta["itos"]
+
+        def encode(text):
+            missing = sorted(set(text) - set(stoi))
+            if missing:
+                raise UserError(f"the prompt has characters this model never saw: {''.join(missing)!r}")
+            return [stoi[c] for c in text]
+        return encode, lambda ids: "".join(itos[i] for i in ids)
+    import tiktoken
+    enc = tiktoken.get_encoding("gpt2")
+    return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
+
+
+def timed(fn, device_type):
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t
+
+
+def main(argv):
+    paths, raw = parse_argv(argv)
+    cfg = configure(DEFAULTS, paths, raw_overrides=raw, family_keys=False)
+    dev = cfg["device"]
+    device_type = "cuda" if dev.startswith("cuda") else "cpu"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device='cuda' but this machine has no CUDA GPU: use --device=cpu")
+    dt = cfg["dtype"] if cfg["dtype"] != "auto" else (
+        "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32")
+    ckpt_path = Path(cfg["out_dir"]) / "ckpt.pt"
+    ckpt = read_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt, ckpt_path).to(dev).eval()
+    encode, decode = codec(ckpt)
+    text = cfg["start"]
+    if text.startswith("FILE:"):
+        text = Path(text[5:]).read_text(encoding="utf-8")
+    idx = torch.tensor([encode(text)], dtype=torch.long, device=dev)
+    if idx.numel() == 0:
+        raise UserError("the prompt is empty: give --start some text")
+    top_k = cfg["top_k"] or None
+    autocast = torch.autocast(device_type, dtype=getattr(torch, dt), enabled=dt != "float32")
+    torch.manual_seed(cfg["seed"])
+    n = cfg["max_new_tokens"]
+    print(f"{ckpt['model_type']} model from {ckpt_path} (iter {ckpt['iter_num']}), {dev}, {dt}")
+
+    if cfg["bench"]:
+        modes = {"no cache (recompute)": lambda: generate_by_recompute(model, idx, n, cfg["temperature"], top_k),
+                 "cache, eager": lambda: model.generate(idx, n, cfg["temperature"], top_k, cuda_graph=False)}
+        if device_type == "cuda":
+            modes["cache + CUDA graph"] = lambda: model.generate(idx, n, cfg["temperature"], top_k, cuda_graph=True)
+        results = {}
+        with autocast:
+            for name, fn in modes.items():
+                timed(fn, device_type)  # warm-up: allocation, kernel selection, graph capture
+                runs = sorted(timed(fn, device_type)[1] for _ in range(3))
+                results[name] = 1e3 * runs[1] / n
+                print(f"{name:>22}: {results[name]:.3f} ms/token (median of 3, {n} new tokens, batch 1)")
+        print(json.dumps({"model_type": ckpt["model_type"], "prompt_tokens": idx.shape[1], "new_tokens": n,
+                          "device": torch.cuda.get_device_name() if device_type == "cuda" else "cpu",
+                          "dtype": dt, "ms_per_token": results}))
+        return
+
+    for _ in range(cfg["num_samples"]):
+        with autocast:
+            out, secs = timed(lambda: model.generate(idx, n, cfg["temperature"], top_k,
+                                                     cuda_graph=cfg["cuda_graph"] and device_type == "cuda"), device_type)
+        print(decode(out[0].tolist()))
+        print(f"--------------- {n} tokens in {secs:.2f} s: {1e3 * secs / max(n, 1):.2f} ms/token")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

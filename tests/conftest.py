@@ -1,0 +1,48 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import train_runner  # noqa: E402
+
+# A model small enough that a run takes a second or two on 2 CPU cores.
+TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=32, batch_size=8, dropout=0.0, eval_iters=2,
+            eval_interval=10, log_interval=5, max_iters=20, lr_decay_iters=20, warmup_iters=2,
+            learning_rate=1e-2, min_lr=1e-3, compile=False, device="cpu", dtype="float32")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run on the device machine)")
+
+
+@pytest.fixture(scope="session")
+def shakespeare():
+    """The char-level dataset, prepared from data/shakespeare_char/input.txt (CI copies it in)."""
+    folder = ROOT / "data" / "shakespeare_char"
+    if not (folder / "train.bin").exists():
+        if not (folder / "input.txt").exists():
+            pytest.skip("data/shakespeare_char/input.txt is missing (.ci/run copies it in)")
+        sys.path.insert(0, str(folder))
+        from prepare import prepare
+        prepare()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_run(shakespeare, tmp_path_factory):
+    """One tiny trained checkpoint shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    metrics = train_runner.train(None, overrides=dict(TINY, out_dir=str(out), always_save_checkpoint=True))
+    return out, metrics

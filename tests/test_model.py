@@ -1,0 +1,180 @@
+"""The backbone and vanilla attention: shapes, causality, the three attention paths, cached decoding."""
+
+import math
+
+import pytest
+import torch
+
+from model import GPT, POS_EMBS, CausalSelfAttention, GPTConfig, generate_by_recompute
+
+GQA = [4, 2, 1]  # multi-head, grouped, multi-query
+
+
+def tiny(pos_emb="learned", n_kv_head=4, **kw):
+    torch.manual_seed(0)
+    cfg = dict(block_size=16, vocab_size=11, n_layer=2, n_head=4, n_embd=32, n_kv_head=n_kv_head, pos_emb=pos_emb)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).double().eval()
+
+
+def test_shapes_and_initial_loss():
+    model = tiny()
+    idx = torch.randint(0, 11, (3, 16))
+    logits, loss = model(idx, torch.randint(0, 11, (3, 16)))
+    assert loss.dtype == torch.double and logits.shape == (3, 16, 11)
+    assert abs(loss.item() - math.log(11)) < 0.1  # an untrained model is close to uniform
+    logits, loss = model(idx)
+    assert loss is None and logits.shape == (3, 16, 11)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "naive"])
+@pytest.mark.parametrize("n_kv_head", GQA)
+@pytest.mark.parametrize("pos_emb", POS_EMBS)
+def test_causality(pos_emb, n_kv_head, impl):
+    model = tiny(pos_emb, n_kv_head, attn_impl=impl)
+    idx = torch.randint(0, 11, (2, 16))
+    base, _ = model(idx)
+    for t in (0, 7, 15):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % 11
+        logits, _ = model(changed)
+        assert torch.equal(logits[:, :t], base[:, :t]), f"position < {t} saw token {t}"
+        assert not torch.allclose(logits[:, t], base[:, t])
+
+
+@pytest.mark.parametrize("n_kv_head", GQA)
+@pytest.mark.parametrize("pos_emb", POS_EMBS)
+def test_sdpa_naive_and_maps_agree(pos_emb, n_kv_head):
+    model = tiny(pos_emb, n_kv_head)
+    idx = torch.randint(0, 11, (2, 16))
+    fast, _ = model(idx)
+    model.config.attn_impl = "naive"
+    naive, _ = model(idx)
+    mapped, _, maps = model(idx, return_attn=True)
+    torch.testing.assert_close(fast, naive, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast, mapped, rtol=0, atol=1e-12)
+    assert len(maps) == 2 and maps[0].shape == (2, 4, 16, 16)
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 4, 16, dtype=torch.double))
+    assert maps[0].triu(1).abs().max() == 0  # nothing above the diagonal: no future
+
+
+def test_alibi_chunks_equal_one_pass(monkeypatch):
+    model = tiny("alibi")
+    idx = torch.randint(0, 11, (2, 16))
+    whole, _ = model(idx)
+    monkeypatch.setattr(CausalSelfAttention, "alibi_chunk", 5)  # 16 rows in chunks of 5, 5, 5, 1
+    chunked, _ = model(idx)
+    torch.testing.assert_close(whole, chunked, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("n_kv_head", GQA)
+@pytest.mark.parametrize("pos_emb", POS_EMBS)
+def test_cached_steps_equal_recompute(pos_emb, n_kv_head):
+    model = tiny(pos_emb, n_kv_head)
+    idx = torch.randint(0, 11, (2, 16))
+    full, _ = model(idx)
+    caches = model.new_caches(2)
+    steps = [model.step(idx[:, :5], torch.arange(5), caches)]
+    steps += [model.step(idx[:, t:t + 1], torch.arange(t, t + 1), caches) for t in range(5, 16)]
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 4:], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("pos_emb", POS_EMBS)
+def test_generate_equals_recompute_past_block_size(pos_emb):
+    model = tiny(pos_emb, 2)
+    prompt = torch.randint(0, 11, (2, 5))
+    fast = model.generate(prompt, 30, temperature=0)  # 35 tokens: twice past block_size 16
+    ref = generate_by_recompute(model, prompt, 30, temperature=0)
+    assert torch.equal(fast, ref)
+    long_prompt = torch.randint(0, 11, (1, 40))  # a prompt longer than the context is cropped
+    assert torch.equal(model.generate(long_prompt, 5, temperature=0),
+                       generate_by_recompute(model, long_prompt, 5, temperature=0))
+
+
+def test_sampling_draws_like_recompute():
+    model = tiny("rope")
+    prompt = torch.randint(0, 11, (3, 4))
+    torch.manual_seed(5)
+    fast = model.generate(prompt, 20, temperature=0.9, top_k=5)
+    torch.manual_seed(5)
+    ref = generate_by_recompute(model, prompt, 20, temperature=0.9, top_k=5)
+    assert torch.equal(fast, ref)
+    assert model.generate(prompt, 0).shape == (3, 4)
+
+
+def test_top_k_limits_choices():
+    model = tiny()
+    prompt = torch.randint(0, 11, (64, 1))
+    logits, _ = model(prompt)
+    top2 = logits[:, -1].topk(2).indices
+    out = model.generate(prompt, 1, temperature=5.0, top_k=2)[:, 1]
+    assert all(o in t for o, t in zip(out.tolist(), top2.tolist()))
+
+
+def test_longer_than_block_size_is_refused():
+    with pytest.raises(ValueError, match="block_size"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(n_embd=30, n_head=4), "divisible by n_head"),
+    (dict(n_head=4, n_kv_head=3), "divisible by n_kv_head"),
+    (dict(pos_emb="rotary"), "pos_emb must be one of"),
+    (dict(attn_impl="flash"), "attn_impl must be one of"),
+    (dict(n_embd=12, n_head=4, pos_emb="rope"), "even head dim"),
+    (dict(n_layer=0), "n_layer must be >= 1"),
+    (dict(dropout=1.0), "dropout"),
+])
+def test_bad_config(bad, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**bad)
+
+
+def test_params_flops_and_optimizer_groups():
+    model = tiny()
+    n = sum(p.numel() for p in model.parameters())
+    assert model.get_num_params(non_embedding=False) == n
+    assert model.get_num_params() == n - 16 * 32  # the position table is not counted
+    attn = 2 * 2 * 4 * 8 * 16  # per layer: scores and values, H * d * T multiply-adds each
+    assert model.estimate_flops_per_token(16) == 6 * model.get_num_params() + 3 * 2 * attn
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    decayed, plain = opt.param_groups
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in plain["params"])
+    assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == n
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny("alibi", 2).train()
+    idx = torch.randint(0, 11, (2, 16))
+    model(idx, idx)[1].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pos_emb", POS_EMBS)
+def test_gpu_paths_match_reference(pos_emb):
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=256, vocab_size=65, n_layer=2, n_head=6, n_embd=384, n_kv_head=2, pos_emb=pos_emb)
+    model = GPT(cfg).cuda().eval()
+    idx = torch.randint(0, 65, (4, 256), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        fast, _ = model(idx)
+        model.config.attn_impl = "naive"
+        naive, _ = model(idx)
+        model.config.attn_impl = "sdpa"
+    ref, _ = model.double()(idx)
+    for out in (fast, naive):
+        assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pos_emb", ["learned", "rope", "alibi"])
+def test_gpu_cuda_graph_decoding_equals_eager(pos_emb):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=128, pos_emb=pos_emb)).cuda().eval()
+    prompt = torch.randint(0, 65, (2, 10), device="cuda")
+    graphed = model.generate(prompt, 100, temperature=0, cuda_graph=True)  # runs past block_size 64
+    eager = model.generate(prompt, 100, temperature=0, cuda_graph=False)
+    ref = generate_by_recompute(model, prompt, 100, temperature=0)
+    assert torch.equal(graphed, eager) and torch.equal(eager, ref)

@@ -1,0 +1,194 @@
+"""train_runner.py: configuration, bad input, checkpoints, resume, divergence, a real short run."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY
+
+import model as model_module
+import train_runner
+from train_runner import UserError, configure, parse_argv, train
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "train_runner.py"), *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+# -- configuration -------------------------------------------------------------
+
+def test_config_file_then_overrides(tmp_path):
+    cfg_file = tmp_path / "c.py"
+    cfg_file.write_text("n_layer = 3\nlearning_rate = 3e-4\nout_dir = 'from-file'\nimport math\n_helper = 1\n")
+    paths, raw = parse_argv([str(cfg_file), "--n_layer=5", "--pos_emb=rope", "--dropout=0", "--wandb_run_name=123"])
+    cfg = configure(train_runner.DEFAULTS, paths, raw_overrides=raw)
+    assert cfg["n_layer"] == 5 and cfg["learning_rate"] == 3e-4 and cfg["out_dir"] == "from-file"
+    assert cfg["pos_emb"] == "rope"  # a field of the family's GPTConfig
+    assert cfg["dropout"] == 0.0 and isinstance(cfg["dropout"], float)  # an int where a float is expected
+    assert cfg["wandb_run_name"] == "123"  # strings stay strings
+    assert configure(train_runner.DEFAULTS, overrides={"n_kv_head": 2})["n_kv_head"] == 2
+
+
+def test_config_file_sees_the_device(tmp_path):
+    cfg_file = tmp_path / "c.py"
+    cfg_file.write_text("n_layer = 2 if device == 'cpu' else 7\n")
+    assert configure(train_runner.DEFAULTS, [str(cfg_file)], raw_overrides={"device": "cpu"})["n_layer"] == 2
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"n_layers": "3"}, "unknown config key 'n_layers' from --n_layers (did you mean 'n_layer'?)"),
+    ({"n_layer": "abc"}, "--n_layer=abc: not a valid int"),
+    ({"n_layer": "2.5"}, "n_layer must be an int"),
+    ({"compile": "1"}, "compile must be True or False"),
+    ({"learning_rate": "'fast'"}, "learning_rate must be a number"),
+    ({"vocab_size": "100"}, "meta.pkl sets it"),
+    ({"model_type": "linaer"}, "did you mean 'linear'"),
+])
+def test_bad_overrides(raw, message):
+    with pytest.raises(UserError) as e:
+        configure(train_runner.DEFAULTS, raw_overrides=raw)
+    assert message in str(e.value)
+
+
+def test_unknown_key_in_config_file(tmp_path):
+    cfg_file = tmp_path / "c.py"
+    cfg_file.write_text("n_embed = 128\n")
+    with pytest.raises(UserError, match=r"unknown config key 'n_embed' from .*c\.py \(did you mean 'n_embd'\?\)"):
+        configure(train_runner.DEFAULTS, [str(cfg_file)])
+    with pytest.raises(UserError, match="not found"):
+        configure(train_runner.DEFAULTS, [str(tmp_path / "missing.py")])
+
+
+def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
+    result = run_cli("--n_layers=3", f"--out_dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: unknown config key 'n_layers' from --n_layers (did you mean 'n_layer'?)"]
+    assert "Traceback" not in result.stderr and not any(tmp_path.iterdir())
+
+
+# -- bad input never loses what was written ---------------------------------------
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(n_head=5), "n_embd (32) must be divisible by n_head (5)"),
+    (dict(n_kv_head=3), "n_head (4) must be divisible by n_kv_head (3)"),
+    (dict(block_size=200_000), "block_size 200000 is too long"),
+    (dict(dataset="no_such_data"), "dataset 'no_such_data' has no train.bin"),
+    (dict(init_from="pretrained"), "init_from must be 'scratch' or 'resume'"),
+    (dict(batch_size=0), "batch_size must be positive"),
+    (dict(device="cuda:0"), "no CUDA GPU") if not torch.cuda.is_available() else (dict(dtype="fp8"), "dtype must be"),
+])
+def test_bad_run_settings_write_nothing(shakespeare, tmp_path, bad, message):
+    with pytest.raises(UserError) as e:
+        train(None, overrides=dict(TINY, out_dir=str(tmp_path / "run"), **bad))
+    assert message in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("bad", [dict(n_head=5), dict(n_layer=3), dict(block_size=200_000), dict(dataset="nope")])
+def test_bad_resume_leaves_the_run_untouched(tiny_run, bad):
+    out, _ = tiny_run
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(UserError):
+        train(None, overrides=dict(TINY, out_dir=str(out), init_from="resume", **bad))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_scratch_run_refuses_to_overwrite(tiny_run):
+    out, _ = tiny_run
+    with pytest.raises(UserError, match="already exists: continue it with --init_from=resume"):
+        train(None, overrides=dict(TINY, out_dir=str(out)))
+
+
+def test_foreign_corrupt_and_other_family_checkpoints(tiny_run, tmp_path, monkeypatch):
+    out, _ = tiny_run
+    cases = {
+        "foreign": lambda p: torch.save({"model": {}, "iter_num": 3}, p),
+        "corrupt": lambda p: p.write_bytes((out / "ckpt.pt").read_bytes()[:5000]),
+        "text": lambda p: p.write_text("not a checkpoint"),
+    }
+    for name, make in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        make(folder / "ckpt.pt")
+        with pytest.raises(UserError, match="foreign checkpoint|corrupt or truncated"):
+            train(None, overrides=dict(TINY, out_dir=str(folder), init_from="resume"))
+    monkeypatch.setitem(train_runner.FAMILIES, "vanilla_twin", ("model", {}))
+    with pytest.raises(UserError, match="holds a 'vanilla' model but model_type='vanilla_twin'"):
+        train(None, overrides=dict(TINY, out_dir=str(out), init_from="resume", model_type="vanilla_twin"))
+
+
+def test_checkpoint_write_is_atomic(tiny_run, tmp_path, monkeypatch):
+    out, _ = tiny_run
+    target = tmp_path / "ckpt.pt"
+    target.write_bytes((out / "ckpt.pt").read_bytes())
+    before = target.read_bytes()
+
+    def dies_halfway(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    m = train_runner.model_from_checkpoint(train_runner.read_checkpoint(target))
+    opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    with pytest.raises(OSError):
+        train_runner.save_checkpoint(target, m, "vanilla", opt, 1, 1.0, {}, {}, torch.Generator())
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
+
+
+# -- training ------------------------------------------------------------------------
+
+def test_short_training_on_real_data_learns(tiny_run):
+    out, m = tiny_run
+    assert m["status"] == "done" and m["iters"] == 20
+    losses = [row[1] for row in m["curves"]["train"]]
+    assert losses[-1] < losses[0] - 0.3  # from ~4.2 (uniform over 65 chars) clearly down
+    assert m["best_val_loss"] < m["curves"]["val"][0][2] - 0.3
+    assert math.isclose(m["val_perplexity"], math.exp(m["best_val_loss"]))
+    assert m["params"] > 0 and m["tokens_per_sec"] > 0 and m["peak_memory_mib"] > 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["best_val_loss"] == m["best_val_loss"] and saved["config"]["n_layer"] == 2
+    assert (out / "losses.csv").read_text().startswith("iter,loss,lr\n")
+    assert len((out / "eval.csv").read_text().splitlines()) == 1 + 3  # evals at 0, 10, 20
+
+
+def test_resume_continues_identically(shakespeare, tmp_path):
+    common = dict(TINY, dropout=0.1, always_save_checkpoint=True, max_iters=20, lr_decay_iters=20)
+    straight = train(None, overrides=dict(common, out_dir=str(tmp_path / "a")))
+    train(None, overrides=dict(common, out_dir=str(tmp_path / "b"), max_iters=10))
+    resumed = train(None, overrides=dict(common, out_dir=str(tmp_path / "b"), init_from="resume"))
+    assert resumed["curves"] == straight["curves"]  # the same losses, bit for bit, dropout included
+    assert resumed["best_val_loss"] == straight["best_val_loss"]
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(shakespeare, tmp_path, monkeypatch):
+    forward = model_module.GPT.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets=None, return_attn=False):
+        logits, loss = forward(self, idx, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 12:  # training step 13 on: the loss blows up
+                loss = loss * float("nan")
+        return logits, loss
+    monkeypatch.setattr(model_module.GPT, "forward", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(train_runner.TrainingDiverged, match="loss became nan"):
+        train(None, overrides=dict(TINY, out_dir=str(out), always_save_checkpoint=True))
+    assert json.loads((out / "metrics.json").read_text())["status"] == "diverged"
+    ckpt = train_runner.read_checkpoint(out / "ckpt.pt")
+    assert ckpt["iter_num"] == 10  # saved before the NaN, never after
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+def test_notebook_call_with_a_config_file(shakespeare, tmp_path):
+    cfg_file = tmp_path / "cfg.py"
+    cfg_file.write_text("pos_emb = 'rope'\nn_kv_head = 2\n")
+    m = train(str(cfg_file), overrides=dict(TINY, out_dir=str(tmp_path / "r"), max_iters=5, eval_interval=5))
+    assert m["config"]["pos_emb"] == "rope" and m["config"]["n_kv_head"] == 2 and m["iters"] == 5
+    assert Path(tmp_path / "r" / "ckpt.pt").exists()

@@ -1,0 +1,605 @@
+"""
+Train one attention-family GPT on a prepared dataset, nanoGPT-style.
+
+    python train_runner.py                                      # = config/train_shakespeare_char.py
+    python train_runner.py config/train_shakespeare_char.py --max_iters=500 --pos_emb=rope
+
+    >>> from train_runner import train
+    >>> metrics = train("config/train_shakespeare_char.py", overrides={"max_iters": 100})
+
+Configuration: the globals below are the defaults. A config file (plain Python)
+overrides them, then --key=value arguments override that; values are Python
+literals and must have the default's type. The fields of the chosen family's
+GPTConfig (pos_emb, n_kv_head, attn_impl, a family's own knobs) are keys too.
+Config files see the resolved `device`, so one file can hold a GPU and a CPU
+profile.
+
+Every run writes under out_dir: ckpt.pt (atomically; resumable with
+--init_from=resume), metrics.json and losses.csv. A bad configuration, a missing
+dataset or a foreign checkpoint stops with one line saying what to fix, before
+anything is written.
+"""
+
+import ast
+import builtins
+import csv
+import difflib
+import importlib
+import io
+import json
+import math
+import os
+import pickle
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# -----------------------------------------------------------------------------
+# defaults: the baby GPT on char-level Shakespeare (nanoGPT's shakespeare_char)
+# I/O
+out_dir = "out"
+eval_interval = 250
+log_interval = 10
+eval_iters = 200
+always_save_checkpoint = False  # False: save only when val loss improves
+init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+# wandb (optional; WANDB_MODE=offline works)
+wandb_log = False
+wandb_project = "attention-lab"
+wandb_run_name = ""  # '' = <model_type>
+# data
+dataset = "shakespeare_char"
+gradient_accumulation_steps = 1
+batch_size = 64
+block_size = 256
+# model: the family, and the backbone fields every family shares
+model_type = "vanilla"
+n_layer = 6
+n_head = 6
+n_embd = 384
+dropout = 0.2
+bias = False
+# AdamW with linear warmup and cosine decay to min_lr
+learning_rate = 1e-3
+max_iters = 3000
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.99
+grad_clip = 1.0  # 0 disables
+decay_lr = True
+warmup_iters = 100
+lr_decay_iters = 0  # 0: = max_iters
+min_lr = 1e-4
+# system
+device = "auto"  # 'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', ...
+dtype = "auto"  # 'auto' (bfloat16 on a GPU that has it, else float32), 'float32', 'bfloat16', 'float16'
+compile = True  # torch.compile the model for training
+seed = 1337
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+
+# model_type -> (module, GPTConfig presets). Adding a family = one line here.
+FAMILIES = {
+    "vanilla": ("model", {}),
+    "linear": ("model_linear", {}),
+    "sparse": ("model_sparse", {}),
+    "delta": ("model_delta", {"variant": "deltanet"}),
+    "delta_product": ("model_delta", {"variant": "gated_deltaproduct"}),
+    "nsa": ("model_nsa", {}),
+}
+DATA_ROOT = Path(__file__).resolve().parent / "data"
+CKPT_FORMAT = "attention-lab-checkpoint/1"
+
+
+class UserError(Exception):
+    """A problem the user fixes (configuration, data, checkpoint): one line, no traceback."""
+
+
+class TrainingDiverged(UserError):
+    pass
+
+
+def closest(name, options):
+    match = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+# -----------------------------------------------------------------------------
+# configuration
+
+def load_family(name):
+    if name not in FAMILIES:
+        raise UserError(f"unknown model_type '{name}'{closest(name, FAMILIES)}; choose from {', '.join(FAMILIES)}")
+    module_name, presets = FAMILIES[name]
+    try:
+        return importlib.import_module(module_name), presets
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            raise UserError(f"model_type '{name}' needs {module_name}.py, which is not in this checkout yet") from None
+        raise
+
+
+def family_fields(module):
+    """Config keys a family adds: its GPTConfig fields, bar vocab_size (the dataset sets it)."""
+    return {f.name: f.default for f in fields(module.GPTConfig) if f.name != "vocab_size"}
+
+
+def parse_value(key, text, default):
+    """A --key=value string as a Python literal; a bare word stays a string where one is expected."""
+    if isinstance(default, str) and text[:1] not in "'\"":
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise UserError(f"--{key}={text}: not a valid {type(default).__name__}") from None
+
+
+def check_type(key, value, default, source):
+    if default is None:  # optional fields: None or an int
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+        want = "an int or None"
+    elif isinstance(default, bool):
+        ok, want = isinstance(value, bool), "True or False"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "an int"
+    elif isinstance(default, float):
+        ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        ok, want = isinstance(value, type(default)), f"a {type(default).__name__}"
+    if not ok:
+        raise UserError(f"{key} must be {want} (default {default!r}), got {value!r} from {source}")
+    return float(value) if isinstance(default, float) else value
+
+
+def parse_argv(argv):
+    """['cfg.py', '--a=1'] -> (['cfg.py'], {'a': '1'}) with values left as strings."""
+    paths, raw = [], {}
+    for arg in argv:
+        if arg.startswith("--"):
+            key, eq, val = arg[2:].partition("=")
+            if not eq:
+                raise UserError(f"'{arg}': write options as --key=value")
+            raw[key] = val
+        else:
+            paths.append(arg)
+    return paths, raw
+
+
+def configure(defaults, config_paths=(), overrides=None, raw_overrides=None, family_keys=True):
+    """defaults <- config files <- overrides (typed) <- raw_overrides ('--key=value' strings).
+
+    Unknown keys and wrong types raise UserError naming the key and its closest valid one.
+    """
+    overrides, raw_overrides = dict(overrides or {}), dict(raw_overrides or {})
+    ns = dict(defaults)
+    if "device" in ns:  # config files see the device settled, so one file can hold a GPU and a CPU profile
+        ns["device"] = overrides.get("device", raw_overrides.get("device", ns["device"]))
+        if ns["device"] == "auto":
+            ns["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    from_file = {}
+    for path in config_paths:
+        if not os.path.isfile(path):
+            raise UserError(f"config file {path} not found")
+        scope = dict(ns)
+        try:
+            exec(builtins.compile(Path(path).read_text(), path, "exec"), scope)
+        except Exception as e:
+            raise UserError(f"config file {path} failed: {type(e).__name__}: {e}") from None
+        for key, val in scope.items():
+            if key.startswith("_") or not isinstance(val, (bool, int, float, str, type(None))):
+                continue  # helpers, imports and builtins a config file may hold
+            if key not in ns or val is not ns[key]:
+                from_file[key] = (val, path)
+                ns[key] = val
+    allowed = dict(defaults)
+    if family_keys:
+        family = raw_overrides.get("model_type", overrides.get("model_type", ns["model_type"]))
+        module, presets = load_family(family)
+        for key, val in family_fields(module).items():
+            allowed.setdefault(key, val)
+            ns.setdefault(key, presets.get(key, val))
+    settings = [(k, v, s) for k, (v, s) in from_file.items()]
+    settings += [(k, v, "overrides") for k, v in overrides.items()]
+    settings += [(k, parse_value(k, v, allowed.get(k)) if k in allowed else v, f"--{k}") for k, v in raw_overrides.items()]
+    for key, val, source in settings:
+        if key not in allowed:
+            hint = " (the dataset's meta.pkl sets it)" if key == "vocab_size" else closest(key, allowed)
+            raise UserError(f"unknown config key '{key}' from {source}{hint}")
+        ns[key] = check_type(key, val, allowed[key], source)
+    if ns.get("device") == "auto":
+        ns["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    return {k: ns[k] for k in allowed}
+
+
+# -----------------------------------------------------------------------------
+# files: every write goes to a temporary file that is renamed into place
+
+def atomic_write(path, write):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json(path, obj):
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def write_csv(path, header, rows):
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+class _MetaUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):  # meta.pkl holds dicts, strings and ints: nothing to import
+        raise pickle.UnpicklingError(f"meta.pkl refers to {module}.{name}")
+
+
+def load_meta(dataset_name):
+    path = DATA_ROOT / dataset_name / "meta.pkl"
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        return _MetaUnpickler(f).load()
+
+
+def save_checkpoint(path, raw_model, model_type, optimizer, iter_num, best_val_loss, cfg, curves, data_gen):
+    ckpt = {
+        "format": CKPT_FORMAT,
+        "model_type": model_type,
+        "model_args": asdict(raw_model.config),
+        "model": raw_model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "iter_num": iter_num,
+        "best_val_loss": best_val_loss,
+        "config": cfg,
+        "curves": curves,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "data": data_gen.get_state(),
+        },
+    }
+    atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+def read_checkpoint(path):
+    """The checkpoint dict, after checking it is one of ours and whole."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}: train one first, or point --out_dir at the run's folder")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} could not be read as a checkpoint ({type(e).__name__}); it is corrupt or truncated") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise UserError(f"{path} was not written by train_runner.py (foreign checkpoint format)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt, path="checkpoint"):
+    module, _ = load_family(ckpt["model_type"])
+    try:
+        model = module.GPT(module.GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path} does not fit {module.__name__}.GPT: {str(e).splitlines()[0]}") from None
+    return model
+
+
+# -----------------------------------------------------------------------------
+# data: the whole token stream lives on the device; batches are gathered there
+
+def load_tokens(dataset_name, block_size, device):
+    folder = DATA_ROOT / dataset_name
+    if not (folder / "train.bin").exists() and (folder / "prepare.py").exists() and (folder / "input.txt").exists():
+        print(f"preparing {folder} from its input.txt")
+        subprocess.run([sys.executable, str(folder / "prepare.py")], check=True)
+    splits = {}
+    for split in ("train", "val"):
+        path = folder / f"{split}.bin"
+        if not path.exists():
+            fix = f"run `python data/{dataset_name}/prepare.py` first" if (folder / "prepare.py").exists() \
+                else f"no such dataset; choose one of {', '.join(sorted(p.name for p in DATA_ROOT.iterdir() if p.is_dir()))}"
+            raise UserError(f"dataset '{dataset_name}' has no {split}.bin: {fix}")
+        tokens = np.fromfile(path, dtype=np.uint16)
+        if len(tokens) <= block_size + 1:
+            raise UserError(f"block_size {block_size} is too long for {path} ({len(tokens)} tokens): lower --block_size")
+        splits[split] = torch.from_numpy(tokens.astype(np.int64)).to(device)
+    return splits
+
+
+def get_batch(tokens, batch_size, block_size, generator):
+    ix = torch.randint(len(tokens) - block_size - 1, (batch_size, 1), device=tokens.device, generator=generator)
+    window = tokens[ix + torch.arange(block_size + 1, device=tokens.device)]
+    return window[:, :-1], window[:, 1:]
+
+
+# -----------------------------------------------------------------------------
+# the run
+
+def lr_at(it, cfg):
+    decay_iters = cfg["lr_decay_iters"] or cfg["max_iters"]
+    if not cfg["decay_lr"]:
+        return cfg["learning_rate"]
+    if it < cfg["warmup_iters"]:
+        return cfg["learning_rate"] * (it + 1) / (cfg["warmup_iters"] + 1)
+    if it > decay_iters:
+        return cfg["min_lr"]
+    ratio = (it - cfg["warmup_iters"]) / max(1, decay_iters - cfg["warmup_iters"])
+    return cfg["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+
+def peak_flops(device_type):
+    """Dense bf16 peak of the GPU for MFU, or None where we do not know it."""
+    if device_type != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    for key, flops in (("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L4", 121e12), ("4090", 165e12)):
+        if key in name:
+            return flops
+    return None
+
+
+def environment():
+    env = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+           "cpu_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    try:
+        env["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                           cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        pass
+    return env
+
+
+def build(cfg, vocab_size):
+    module, presets = load_family(cfg["model_type"])
+    args = {k: cfg[k] for k in family_fields(module)}
+    args["vocab_size"] = vocab_size
+    try:
+        return module.GPT(module.GPTConfig(**args))
+    except ValueError as e:
+        raise UserError(f"invalid model configuration: {e}") from None
+
+
+def train(config_path=None, overrides=None, argv_overrides=None):
+    """Train one model. config_path: a file or a list of files (None: the defaults above).
+
+    Returns the metrics dict that is also written to out_dir/metrics.json.
+    """
+    paths = [config_path] if isinstance(config_path, (str, Path)) else list(config_path or [])
+    cfg = configure(DEFAULTS, paths, overrides, argv_overrides)
+    return run(cfg)
+
+
+def run(cfg):
+    out = Path(cfg["out_dir"])
+    ckpt_path = out / "ckpt.pt"
+    if cfg["init_from"] not in ("scratch", "resume"):
+        raise UserError(f"init_from must be 'scratch' or 'resume', got '{cfg['init_from']}'")
+    if cfg["init_from"] == "scratch" and ckpt_path.exists():
+        raise UserError(f"{ckpt_path} already exists: continue it with --init_from=resume, or choose another --out_dir")
+    for key in ("batch_size", "block_size", "max_iters", "eval_iters", "eval_interval", "log_interval",
+                "gradient_accumulation_steps"):
+        if cfg[key] < (0 if key == "max_iters" else 1):
+            raise UserError(f"{key} must be positive, got {cfg[key]}")
+    device = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device_type = "cuda" if device.startswith("cuda") else device
+    if device_type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device='cuda' but this machine has no CUDA GPU: use --device=cpu")
+    dtype = cfg["dtype"]
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got '{dtype}'")
+    if dtype != "float32" and device_type != "cuda":
+        raise UserError(f"dtype={dtype} needs a GPU here; use --dtype=float32 on {device}")
+
+    # everything that can fail on bad input happens before the first write
+    meta = load_meta(cfg["dataset"])
+    vocab_size = meta["vocab_size"] if meta else 50304  # GPT-2's 50257 padded to a multiple of 64
+    torch.manual_seed(cfg["seed"])
+    model = build(cfg, vocab_size)
+    ckpt = read_checkpoint(ckpt_path) if cfg["init_from"] == "resume" else None
+    if ckpt is not None:
+        if ckpt["model_type"] != cfg["model_type"]:
+            raise UserError(f"{ckpt_path} holds a '{ckpt['model_type']}' model but model_type='{cfg['model_type']}'")
+        wanted = asdict(model.config)
+        differ = [f"{k}={wanted[k]!r} (checkpoint: {v!r})" for k, v in ckpt["model_args"].items() if wanted.get(k) != v]
+        if differ:
+            raise UserError(f"{ckpt_path} was trained with other model settings: {', '.join(differ)}; "
+                            "resume with the run's own config")
+        model = model_from_checkpoint(ckpt, ckpt_path)
+    data = load_tokens(cfg["dataset"], cfg["block_size"], device)
+    if cfg["wandb_log"]:
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("wandb_log=True needs wandb: pip install wandb") from None
+
+    torch.manual_seed(cfg["seed"])
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model.to(device)
+    optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
+    data_gen = torch.Generator(device=device).manual_seed(cfg["seed"])
+    iter_num, best_val_loss = 0, float("inf")
+    curves = {"train": [], "val": []}  # rows: [iter, loss, lr] and [iter, train_loss, val_loss]
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        iter_num, best_val_loss, curves = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["curves"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if device_type == "cuda" and ckpt["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        if ckpt["rng"]["data"].numel() == data_gen.get_state().numel():
+            data_gen.set_state(ckpt["rng"]["data"])
+        print(f"resuming {cfg['model_type']} from {ckpt_path} at iter {iter_num}")
+        del ckpt
+    raw_model = model
+    if cfg["compile"]:
+        model = torch.compile(model)
+    autocast = torch.autocast(device_type=device_type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
+    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
+    flops_per_iter = raw_model.estimate_flops_per_token(cfg["block_size"]) * tokens_per_iter
+    peak = peak_flops(device_type)
+    n_params = raw_model.get_num_params()
+    print(f"{cfg['model_type']}: {n_params / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter, "
+          f"device {device}, {dtype}, compile={cfg['compile']}")
+    tracker = None
+    if cfg["wandb_log"]:
+        tracker = wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"] or cfg["model_type"], config=cfg)
+
+    @torch.no_grad()
+    def estimate_loss():
+        model.eval()
+        gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)  # the same eval batches every time
+        result = {}
+        for split in ("train", "val"):
+            total = torch.zeros((), device=device)
+            for _ in range(cfg["eval_iters"]):
+                X, Y = get_batch(data[split], cfg["batch_size"], cfg["block_size"], gen)
+                with autocast:
+                    _, loss = model(X, Y)
+                total += loss.float()
+            result[split] = (total / cfg["eval_iters"]).item()
+        model.train()
+        return result
+
+    def metrics(status):
+        val = [row[2] for row in curves["val"]]
+        windows = sorted(timings[1:] if len(timings) > 1 else timings)  # the first window holds compilation
+        ms = windows[len(windows) // 2] if windows else None
+        m = {
+            "status": status, "model_type": cfg["model_type"], "params": n_params, "iters": iter_num,
+            "best_val_loss": best_val_loss if math.isfinite(best_val_loss) else None,
+            "final_val_loss": val[-1] if val else None,
+            "final_train_loss": curves["val"][-1][1] if curves["val"] else None,
+            "val_perplexity": math.exp(best_val_loss) if math.isfinite(best_val_loss) else None,
+            "ms_per_iter": ms, "tokens_per_sec": tokens_per_iter / (ms / 1e3) if ms else None,
+            "mfu": flops_per_iter / (ms / 1e3) / peak if ms and peak else None,
+            "flops_per_iter": flops_per_iter,
+            "peak_memory_mib": (torch.cuda.max_memory_allocated(device) if device_type == "cuda"
+                                else peak_rss_bytes()) / 2**20,
+            "wall_time_s": time.time() - t_start, "device": device, "dtype": dtype,
+            "config": cfg, "environment": env, "curves": curves,
+        }
+        write_json(out / "metrics.json", m)
+        write_csv(out / "losses.csv", ["iter", "loss", "lr"], curves["train"])
+        write_csv(out / "eval.csv", ["iter", "train_loss", "val_loss"], curves["val"])
+        return m
+
+    env = environment()
+    timings = []  # ms/iter over each stretch between log lines, evaluation excluded
+    t_start = time.time()
+    model.train()
+    t0, steps, lossf = time.perf_counter(), 0, float("nan")
+    while True:
+        lr = lr_at(iter_num, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]:
+            losses = estimate_loss()
+            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
+                metrics("diverged")
+                raise TrainingDiverged(f"loss became {losses['val']} by iter {iter_num}; the last good checkpoint "
+                                       f"is kept. Lower learning_rate (now {cfg['learning_rate']}) or raise warmup_iters")
+            if not curves["val"] or curves["val"][-1][0] != iter_num:
+                curves["val"].append([iter_num, losses["train"], losses["val"]])
+            if tracker:
+                tracker.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+            if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
+                best_val_loss = min(best_val_loss, losses["val"])
+                save_checkpoint(ckpt_path, raw_model, cfg["model_type"], optimizer, iter_num, best_val_loss, cfg,
+                                curves, data_gen)
+            metrics("running")
+            t0, steps = time.perf_counter(), 0
+        if iter_num >= cfg["max_iters"]:
+            break
+
+        for _ in range(cfg["gradient_accumulation_steps"]):
+            X, Y = get_batch(data["train"], cfg["batch_size"], cfg["block_size"], data_gen)
+            with autocast:
+                _, loss = model(X, Y)
+            scaler.scale(loss / cfg["gradient_accumulation_steps"]).backward()
+        if cfg["grad_clip"] > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        iter_num += 1
+        steps += 1
+
+        if iter_num % cfg["log_interval"] == 0:
+            lossf = loss.item()  # the one host sync of a logging stretch
+            dt = (time.perf_counter() - t0) / steps
+            timings.append(dt * 1e3)
+            curves["train"].append([iter_num, lossf, lr])
+            mfu = f", mfu {100 * flops_per_iter / dt / peak:.1f}%" if peak else ""
+            print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1e3:.2f} ms/iter, {tokens_per_iter / dt:,.0f} tokens/s{mfu}")
+            if not math.isfinite(lossf):
+                metrics("diverged")
+                raise TrainingDiverged(f"loss became {lossf} at iter {iter_num}; the last good checkpoint is kept. "
+                                       f"Lower learning_rate (now {cfg['learning_rate']}) or raise warmup_iters")
+            t0, steps = time.perf_counter(), 0
+
+    m = metrics("done")
+    if tracker:
+        tracker.summary.update({k: v for k, v in m.items() if isinstance(v, (int, float))})
+        tracker.finish()
+    print(f"done: {cfg['model_type']} best val loss {m['best_val_loss']:.4f} (ppl {m['val_perplexity']:.2f}), "
+          f"{m['ms_per_iter']:.2f} ms/iter, {m['tokens_per_sec']:,.0f} tokens/s, peak {m['peak_memory_mib']:.0f} MiB, "
+          f"{m['wall_time_s']:.0f} s" if m["ms_per_iter"] and m["best_val_loss"] is not None else
+          f"done: {cfg['model_type']} after {iter_num} iters")
+    return m
+
+
+def peak_rss_bytes():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def main(argv):
+    paths, raw = parse_argv(argv)
+    if not paths:
+        paths = [str(Path(__file__).parent / "config" / "train_shakespeare_char.py")]
+    return train(paths, argv_overrides=raw)
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint in out_dir is intact", file=sys.stderr)
+        sys.exit(130)
