@@ -371,42 +371,40 @@ class GPT(nn.Module):
 
         Each token is drawn from the logits that model(context) gives, where the
         context is everything so far (streams) or its last block_size tokens
-        (softmax): the cache only makes that cheaper, never different. On CUDA,
-        each fixed-shape step (sampling included) is captured once as a CUDA
-        graph and replayed, since at batch 1 the cost is kernel launches, not math.
+        (softmax): the cache only makes that cheaper, never different.
+        A decoding step reads its input token and position from device tensors
+        and writes its output there, so it needs nothing from the host: on CUDA
+        it is captured once as a CUDA graph and each new token is one replay,
+        since at batch 1 the cost is kernel launches, not arithmetic.
         """
         B, T0 = idx.shape
-        L = self.config.block_size
-        use_graph = idx.is_cuda if cuda_graph is None else cuda_graph
+        L, device = self.config.block_size, idx.device
         dtype = torch.get_autocast_dtype("cuda") if idx.is_cuda and torch.is_autocast_enabled("cuda") else None
-        out = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=idx.device)
+        out = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=device)
         out[:, :T0] = idx
         if max_new_tokens == 0:
             return out
-        caches = self.new_caches(B, idx.device, dtype)
+        caches = self.new_caches(B, device, dtype)
+        window = torch.arange(L, device=device)
+        t = torch.tensor([T0], device=device)  # where the next token goes
 
-        def run(tokens, pos, use_caches):
-            return sample_next(self.step(tokens, pos, caches if use_caches else [None] * len(caches)), temperature, top_k)
+        def emit(logits):
+            out.index_copy_(1, t, sample_next(logits, temperature, top_k)[:, None])
+            t.add_(1)
 
-        graphs = {}
+        def cached_step():  # the newest token, at position t-1, joins the cache
+            pos = t - 1
+            emit(self.step(out.index_select(1, pos), pos, caches))
 
-        def step(tokens, pos, use_caches):
-            if not use_graph:
-                return run(tokens, pos, use_caches)
-            key = (tokens.shape[1], use_caches)
-            if key not in graphs:
-                graphs[key] = GraphedCall(lambda t, p: run(t, p, use_caches), tokens, pos)
-            return graphs[key](tokens, pos)
+        def window_step():  # the context is full: recompute its last L tokens, exactly as model(idx[:, -L:])
+            emit(self.step(out.index_select(1, t - L + window), window, [None] * len(caches)))
 
-        # positions live on the device: slicing them costs no host-to-device copy (which would sync)
-        positions = torch.arange(T0 + max_new_tokens, device=idx.device)
+        if cuda_graph if cuda_graph is not None else idx.is_cuda:
+            cached_step, window_step = CapturedStep(cached_step), CapturedStep(window_step)
         n = T0 if self.streams else min(T0, L)
-        out[:, T0] = run(out[:, T0 - n:T0], positions[:n], True)  # prefill
-        for t in range(T0 + 1, T0 + max_new_tokens):
-            if self.streams or t <= L:  # the newest token fits in the cache at position t-1
-                out[:, t] = step(out[:, t - 1:t], positions[t - 1:t], True)
-            else:  # the window is full: recompute it, exactly as model(idx[:, -L:])
-                out[:, t] = step(out[:, t - L:t], positions[:L], False)
+        emit(self.step(idx[:, T0 - n:], window[:n] if n <= L else torch.arange(n, device=device), caches))  # prefill
+        for s in range(T0 + 1, T0 + max_new_tokens):
+            cached_step() if self.streams or s <= L else window_step()
         return out
 
     # -- accounting and optimisation ---------------------------------------------
@@ -447,23 +445,31 @@ def sample_next(logits, temperature=1.0, top_k=None):
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1).squeeze(1)
 
 
-class GraphedCall:
-    """fn(tokens, pos) captured once as a CUDA graph; calls copy the inputs in and replay it."""
+class CapturedStep:
+    """fn() run eagerly for its first calls, then captured as a CUDA graph and replayed.
 
-    def __init__(self, fn, tokens, pos):
-        self.tokens, self.pos = tokens.clone(), pos.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm up off the capture so lazy inits stay out of the graph
-            for _ in range(2):
-                fn(self.tokens, self.pos)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = fn(self.tokens, self.pos)
+    fn must read and write only tensors that outlive it. The eager warm-up calls
+    are real steps, run on a side stream so lazy initialisation (cuBLAS handles,
+    kernel choice) stays out of the graph; the capture itself runs nothing, so
+    the call that captures replays once.
+    """
 
-    def __call__(self, tokens, pos):
-        self.tokens.copy_(tokens)
-        self.pos.copy_(pos)
+    warmup_calls = 2
+
+    def __init__(self, fn):
+        self.fn, self.calls, self.graph = fn, 0, None
+
+    def __call__(self):
+        if self.graph is None and self.calls < self.warmup_calls:
+            self.calls += 1
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self.fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            return
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.fn()
         self.graph.replay()
-        return self.out

@@ -104,12 +104,13 @@ def main(argv):
                           "dtype": dt, "ms_per_token": results}))
         return
 
-    for _ in range(cfg["num_samples"]):
+    for i in range(cfg["num_samples"]):
         with autocast:
             out, secs = timed(lambda: model.generate(idx, n, cfg["temperature"], top_k,
                                                      cuda_graph=cfg["cuda_graph"] and device_type == "cuda"), device_type)
         print(decode(out[0].tolist()))
-        print(f"--------------- {n} tokens in {secs:.2f} s: {1e3 * secs / max(n, 1):.2f} ms/token")
+        note = " (includes warm-up and CUDA-graph capture; --bench=True times decoding alone)" if i == 0 else ""
+        print(f"--------------- {n} tokens in {secs:.2f} s: {1e3 * secs / max(n, 1):.2f} ms/token{note}")
 
 
 if __name__ == "__main__":

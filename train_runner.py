@@ -81,6 +81,7 @@ min_lr = 1e-4
 device = "auto"  # 'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"  # 'auto' (bfloat16 on a GPU that has it, else float32), 'float32', 'bfloat16', 'float16'
 compile = True  # torch.compile the model for training
+compile_mode = "default"  # torch.compile's mode: 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune'
 seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
@@ -421,6 +422,7 @@ def run(cfg):
         raise UserError(f"dtype={dtype} needs a GPU here; use --dtype=float32 on {device}")
 
     # everything that can fail on bad input happens before the first write
+    data = load_tokens(cfg["dataset"], cfg["block_size"], device)
     meta = load_meta(cfg["dataset"])
     vocab_size = meta["vocab_size"] if meta else 50304  # GPT-2's 50257 padded to a multiple of 64
     torch.manual_seed(cfg["seed"])
@@ -435,7 +437,6 @@ def run(cfg):
             raise UserError(f"{ckpt_path} was trained with other model settings: {', '.join(differ)}; "
                             "resume with the run's own config")
         model = model_from_checkpoint(ckpt, ckpt_path)
-    data = load_tokens(cfg["dataset"], cfg["block_size"], device)
     if cfg["wandb_log"]:
         try:
             import wandb
@@ -463,7 +464,9 @@ def run(cfg):
         del ckpt
     raw_model = model
     if cfg["compile"]:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if cfg["compile_mode"] == "default" else cfg["compile_mode"])
+    # compiled with CUDA graphs, each forward starts a new graph step (a no-op in the other modes)
+    new_step = torch.compiler.cudagraph_mark_step_begin if cfg["compile"] else (lambda: None)
     autocast = torch.autocast(device_type=device_type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
     tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
@@ -485,6 +488,7 @@ def run(cfg):
             total = torch.zeros((), device=device)
             for _ in range(cfg["eval_iters"]):
                 X, Y = get_batch(data[split], cfg["batch_size"], cfg["block_size"], gen)
+                new_step()
                 with autocast:
                     _, loss = model(X, Y)
                 total += loss.float()
@@ -546,6 +550,7 @@ def run(cfg):
 
         for _ in range(cfg["gradient_accumulation_steps"]):
             X, Y = get_batch(data["train"], cfg["batch_size"], cfg["block_size"], data_gen)
+            new_step()
             with autocast:
                 _, loss = model(X, Y)
             scaler.scale(loss / cfg["gradient_accumulation_steps"]).backward()

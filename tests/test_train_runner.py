@@ -192,3 +192,16 @@ def test_notebook_call_with_a_config_file(shakespeare, tmp_path):
     m = train(str(cfg_file), overrides=dict(TINY, out_dir=str(tmp_path / "r"), max_iters=5, eval_interval=5))
     assert m["config"]["pos_emb"] == "rope" and m["config"]["n_kv_head"] == 2 and m["iters"] == 5
     assert Path(tmp_path / "r" / "ckpt.pt").exists()
+
+
+def test_dataset_is_prepared_on_first_use(tmp_path, monkeypatch):
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    (toy / "prepare.py").write_text((ROOT / "data" / "shakespeare_char" / "prepare.py").read_text())
+    text = "".join(f"{i % 7} abc xyz\n" for i in range(400))
+    (toy / "input.txt").write_text(text)
+    monkeypatch.setattr(train_runner, "DATA_ROOT", tmp_path)
+    m = train(None, overrides=dict(TINY, dataset="toy", out_dir=str(tmp_path / "run"), max_iters=2, eval_interval=2))
+    ckpt = train_runner.read_checkpoint(tmp_path / "run" / "ckpt.pt")
+    assert ckpt["model_args"]["vocab_size"] == len(set(text))  # from the meta.pkl it just wrote
+    assert m["status"] == "done"
