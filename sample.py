@@ -31,6 +31,7 @@ seed = 1337
 device = "auto"
 dtype = "auto"  # 'auto': bfloat16 on a GPU that has it, else float32
 cuda_graph = True  # replay each decoding step as one CUDA graph (GPU only)
+compile = False  # torch.compile the decoding step (fewer, fused kernels per step; compiles once per shape)
 bench = False  # time decoding without a cache, with it, and with CUDA graphs instead of printing samples
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
@@ -74,6 +75,8 @@ def main(argv):
     ckpt_path = Path(cfg["out_dir"]) / "ckpt.pt"
     ckpt = read_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt, ckpt_path).to(dev).eval()
+    if cfg["compile"]:
+        model.step = torch.compile(model.step, dynamic=False)
     encode, decode = codec(ckpt)
     text = cfg["start"]
     if text.startswith("FILE:"):
@@ -100,6 +103,7 @@ def main(argv):
                 results[name] = 1e3 * runs[1] / n
                 print(f"{name:>22}: {results[name]:.3f} ms/token (median of 3, {n} new tokens, batch 1)")
         print(json.dumps({"model_type": ckpt["model_type"], "prompt_tokens": idx.shape[1], "new_tokens": n,
+                          "compiled_step": cfg["compile"], "top_k": top_k, "temperature": cfg["temperature"],
                           "device": torch.cuda.get_device_name() if device_type == "cuda" else "cpu",
                           "dtype": dt, "ms_per_token": results}))
         return

@@ -81,7 +81,9 @@ min_lr = 1e-4
 device = "auto"  # 'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', ...
 dtype = "auto"  # 'auto' (bfloat16 on a GPU that has it, else float32), 'float32', 'bfloat16', 'float16'
 compile = True  # torch.compile the model for training
-compile_mode = "default"  # torch.compile's mode: 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune'
+# torch.compile's mode. 'reduce-overhead' replays forward and backward as CUDA graphs: the baby GPT is
+# launch-bound on an H100 (5.8 ms/iter there vs 10.3 with 'default' and 12.2 uncompiled, README)
+compile_mode = "reduce-overhead"
 seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
@@ -375,6 +377,7 @@ def environment():
                                            cwd=Path(__file__).parent).stdout.strip() or None
     except OSError:
         pass
+    env["git_commit"] = env.get("git_commit") or os.environ.get("GIT_COMMIT")  # a copy without .git can be told
     return env
 
 
