@@ -35,6 +35,7 @@ that keeps the contract below, subclass GPTConfig with its fields and GPT with
 train_runner.py. The attention contract:
 
     __init__(config, layer_idx)
+    kernel_path(device_type) -> the name of the implementation it runs there
     forward(x, pos, cache=None, return_attn=False) -> (y, attention map or None)
         x [B, T, C]; pos [T] absolute positions (a tensor, so a decode step has
         fixed shapes and can be replayed as a CUDA graph). With a cache and
@@ -196,6 +197,9 @@ class CausalSelfAttention(nn.Module):
 
     def new_cache(self, batch_size, device, dtype):
         return KVCache(batch_size, self.n_kv_head, self.config.block_size, self.head_dim, device, dtype)
+
+    def kernel_path(self, device_type):
+        return self.config.attn_impl
 
     def forward_flops_per_token(self, T):
         # q·k and weights·v, 2 FLOPs per multiply-add, over all T keys (nanoGPT's convention)
@@ -408,6 +412,10 @@ class GPT(nn.Module):
         return out
 
     # -- accounting and optimisation ---------------------------------------------
+
+    def kernel_paths(self, device_type):
+        """Which implementation each attention layer runs on this device (e.g. 'fla', 'pytorch', 'sdpa')."""
+        return sorted({block.attn.kernel_path(device_type) for block in self.transformer.h})
 
     def estimate_flops_per_token(self, T):
         """Training FLOPs per token at context T: 6 per parameter (fwd+bwd) plus 3x each layer's mixing."""

@@ -477,7 +477,7 @@ def run(cfg):
     peak = peak_flops(device_type)
     n_params = raw_model.get_num_params()
     print(f"{cfg['model_type']}: {n_params / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter, "
-          f"device {device}, {dtype}, compile={cfg['compile']}")
+          f"device {device}, {dtype}, compile={cfg['compile']}, kernels: {', '.join(raw_model.kernel_paths(device_type))}")
     tracker = None
     if cfg["wandb_log"]:
         tracker = wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"] or cfg["model_type"], config=cfg)
@@ -511,7 +511,7 @@ def run(cfg):
             "val_perplexity": math.exp(best_val_loss) if math.isfinite(best_val_loss) else None,
             "ms_per_iter": ms, "tokens_per_sec": tokens_per_iter / (ms / 1e3) if ms else None,
             "mfu": flops_per_iter / (ms / 1e3) / peak if ms and peak else None,
-            "flops_per_iter": flops_per_iter,
+            "flops_per_iter": flops_per_iter, "kernel_path": raw_model.kernel_paths(device_type),
             "peak_memory_mib": (torch.cuda.max_memory_allocated(device) if device_type == "cuda"
                                 else peak_rss_bytes()) / 2**20,
             "wall_time_s": time.time() - t_start, "device": device, "dtype": dtype,
