@@ -85,6 +85,14 @@ compile = True  # torch.compile the model for training
 # launch-bound on an H100 (5.8 ms/iter there vs 10.3 with 'default' and 12.2 uncompiled, README)
 compile_mode = "reduce-overhead"
 seed = 1337
+# benchmarks: --stage=bench_layer (one attention layer, fwd+bwd, over sequence lengths) or
+# --stage=bench_decode (ms/token at batch 1 after a prompt of each context length)
+stage = "train"
+models = ""  # comma-separated model_types to benchmark; '' = model_type
+seq_lens = "256,1024,4096,16384,65536"
+tokens_per_batch = 16384  # bench_layer: batch = tokens_per_batch // T
+decode_lens = "128,1024,16384"
+trials = 10
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
@@ -190,7 +198,7 @@ def configure(defaults, config_paths=(), overrides=None, raw_overrides=None, fam
     for path in config_paths:
         if not os.path.isfile(path):
             raise UserError(f"config file {path} not found")
-        scope = dict(ns)
+        scope = dict(ns, __file__=str(Path(path).resolve()))  # a config file may build on another beside it
         try:
             exec(builtins.compile(Path(path).read_text(), path, "exec"), scope)
         except Exception as e:
@@ -595,11 +603,98 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+# -----------------------------------------------------------------------------
+# benchmarks
+
+def bench_models(cfg, block_size, n_layer):
+    """(name, model) for each entry of cfg['models'], built from cfg's fields that its family has."""
+    for name in (cfg["models"] or cfg["model_type"]).split(","):
+        module, presets = load_family(name)
+        args = {k: cfg[k] for k in family_fields(module) if k in cfg}
+        args.update(presets, vocab_size=65, block_size=block_size, n_layer=n_layer, dropout=0.0)
+        try:
+            yield name, module.GPT(module.GPTConfig(**args))
+        except ValueError as e:
+            raise UserError(f"invalid model configuration for {name}: {e}") from None
+
+
+def timed_median(fn, device_type, trials):
+    fn()  # warm-up: compilation, autotuning, allocation
+    times = []
+    for _ in range(trials):
+        if device_type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t))
+    return sorted(times)[len(times) // 2]
+
+
+def bench(cfg):
+    device = cfg["device"]
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    dtype = torch.bfloat16 if device_type == "cuda" else torch.float32
+    autocast = torch.autocast(device_type, dtype=dtype, enabled=device_type == "cuda")
+    rows = []
+    lens = [int(x) for x in str(cfg["seq_lens" if cfg["stage"] == "bench_layer" else "decode_lens"]).split(",")]
+    for T in lens:
+        if cfg["stage"] == "bench_layer":
+            built = bench_models(cfg, T, 1)
+        else:
+            built = bench_models(cfg, T + 64, cfg["n_layer"])
+        for name, m in built:
+            m = m.to(device)
+            row = {"model": name, "T": T, "kernel_path": m.kernel_paths(device_type)}
+            if device_type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            try:
+                if cfg["stage"] == "bench_layer":
+                    B = max(1, cfg["tokens_per_batch"] // T)
+                    attn = m.transformer.h[0].attn
+                    x = torch.randn(B, T, cfg["n_embd"], device=device, requires_grad=True)
+                    pos = torch.arange(T, device=device)
+
+                    def step():
+                        with autocast:
+                            y, _ = attn(x, pos)
+                        y.float().sum().backward()
+                    row.update(batch=B, ms=timed_median(step, device_type, cfg["trials"]))
+                else:
+                    m.eval()
+                    prompt = torch.randint(0, 65, (1, T), device=device)
+                    with autocast:  # the difference of 65 and 1 new tokens leaves out the prefill
+                        long = timed_median(lambda: m.generate(prompt, 65, temperature=0), device_type, cfg["trials"])
+                        short = timed_median(lambda: m.generate(prompt, 1, temperature=0), device_type, cfg["trials"])
+                    row.update(ms_per_token=(long - short) / 64)
+                if device_type == "cuda":
+                    row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            except torch.OutOfMemoryError:
+                row["status"] = "OOM"
+            rows.append(row)
+            print(json.dumps(row))
+    result = {"stage": cfg["stage"], "n_embd": cfg["n_embd"], "n_head": cfg["n_head"], "rows": rows,
+              "environment": environment(), "config": cfg}
+    write_json(Path(cfg["out_dir"]) / f"{cfg['stage']}.json", result)
+    return result
+
+
 def main(argv):
     paths, raw = parse_argv(argv)
     if not paths:
         paths = [str(Path(__file__).parent / "config" / "train_shakespeare_char.py")]
-    return train(paths, argv_overrides=raw)
+    cfg = configure(DEFAULTS, paths, raw_overrides=raw)
+    if cfg["stage"] in ("bench_layer", "bench_decode"):
+        return bench(cfg)
+    if cfg["stage"] != "train":
+        raise UserError(f"unknown stage '{cfg['stage']}'; choose train, bench_layer or bench_decode")
+    return run(cfg)
 
 
 if __name__ == "__main__":

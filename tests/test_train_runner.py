@@ -205,3 +205,17 @@ def test_dataset_is_prepared_on_first_use(tmp_path, monkeypatch):
     ckpt = train_runner.read_checkpoint(tmp_path / "run" / "ckpt.pt")
     assert ckpt["model_args"]["vocab_size"] == len(set(text))  # from the meta.pkl it just wrote
     assert m["status"] == "done"
+
+
+def test_benchmarks_on_cpu(tmp_path):
+    common = dict(models="vanilla,linear", n_embd=32, n_head=4, n_layer=2, trials=2, device="cpu",
+                  pos_emb="none", out_dir=str(tmp_path))
+    layer = train_runner.bench(configure(train_runner.DEFAULTS, overrides=dict(
+        common, stage="bench_layer", seq_lens="32,128", tokens_per_batch=256)))
+    assert [(r["model"], r["T"], r["batch"]) for r in layer["rows"]] == [
+        ("vanilla", 32, 8), ("linear", 32, 8), ("vanilla", 128, 2), ("linear", 128, 2)]
+    assert all(0 < r["ms"] < 10_000 for r in layer["rows"])
+    decode = train_runner.bench(configure(train_runner.DEFAULTS, overrides=dict(
+        common, stage="bench_decode", decode_lens="8,32")))
+    assert all(0 < r["ms_per_token"] < 1_000 for r in decode["rows"])
+    assert json.loads((tmp_path / "bench_decode.json").read_text())["rows"] == decode["rows"]
