@@ -224,7 +224,9 @@ class LinearAttention(nn.Module):
         c = self.config
         ones = torch.ones_like(wide(v[..., :1]))
         if on_cuda and self.kernel_path("cuda") == "fla":
-            num, _ = fla_chunk_linear_attn()(*(t.transpose(1, 2).to(v.dtype).contiguous() for t in (fq, fk, v)),
+            pad = fq.shape[-1] % 2  # the kernel's bf16 backward wants an even key dim; a zero feature adds nothing
+            q_, k_ = F.pad(fq, (0, pad)), F.pad(fk, (0, pad))
+            num, _ = fla_chunk_linear_attn()(*(t.transpose(1, 2).to(v.dtype).contiguous() for t in (q_, k_, v)),
                                              scale=1.0, normalize=False)
             num = num.transpose(1, 2).float()
             if not c.normalize:

@@ -216,6 +216,11 @@ def configure(defaults, config_paths=(), overrides=None, raw_overrides=None, fam
         for key, val in family_fields(module).items():
             allowed.setdefault(key, val)
             ns.setdefault(key, presets.get(key, val))
+        benchmarked = raw_overrides.get("models", overrides.get("models", ns.get("models", "")))
+        for name in filter(None, str(benchmarked).split(",")):  # benchmarks take every listed family's keys
+            for key, val in family_fields(load_family(name)[0]).items():
+                allowed.setdefault(key, val)
+                ns.setdefault(key, val)
     settings = [(k, v, s) for k, (v, s) in from_file.items()]
     settings += [(k, v, "overrides") for k, v in overrides.items()]
     settings += [(k, parse_value(k, v, allowed.get(k)) if k in allowed else v, f"--{k}") for k, v in raw_overrides.items()]
