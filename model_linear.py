@@ -189,7 +189,9 @@ class LinearAttention(nn.Module):
         return LinearState(batch_size, self.config, device, dtype)
 
     def kernel_path(self, device_type):
-        return "fla" if device_type == "cuda" and self.config.use_fla and fla_chunk_linear_attn() else "pytorch"
+        # Taylor features failed FLA's kernel on an H100 (fla 0.6.0, triton 3.6): they stay on the PyTorch path
+        ok = device_type == "cuda" and self.config.use_fla and self.config.feature_map != "taylor"
+        return "fla" if ok and fla_chunk_linear_attn() else "pytorch"
 
     def forward_flops_per_token(self, T):
         c = self.config
