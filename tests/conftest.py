@@ -46,3 +46,15 @@ def tiny_run(shakespeare, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "run"
     metrics = train_runner.train(None, overrides=dict(TINY, out_dir=str(out), always_save_checkpoint=True))
     return out, metrics
+
+
+def assert_causal(model, vocab_size=11, T=16):
+    """Changing token t changes no logit before t (bit for bit), and does change position t."""
+    idx = torch.randint(0, vocab_size, (2, T))
+    base, _ = model(idx)
+    for t in (0, T // 2 - 1, T - 1):
+        changed = idx.clone()
+        changed[:, t] = (changed[:, t] + 1) % vocab_size
+        logits, _ = model(changed)
+        assert torch.equal(logits[:, :t], base[:, :t]), f"a position before {t} saw token {t}"
+        assert not torch.allclose(logits[:, t], base[:, t])
