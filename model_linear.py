@@ -51,6 +51,12 @@ def wide(x):
     return x if x.dtype == torch.float64 else x.float()
 
 
+def with_ones(v):
+    """[v, 1] in at least float32: one sum then carries both the numerator (v) and the normaliser (1)."""
+    v = wide(v)
+    return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+
+
 def taylor(x):
     d = x.shape[-1]
     outer = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2) / math.sqrt(2 * d)
@@ -224,7 +230,6 @@ class LinearAttention(nn.Module):
 
     def _linear(self, fq, fk, v, on_cuda):
         c = self.config
-        ones = torch.ones_like(wide(v[..., :1]))
         if on_cuda and self.kernel_path("cuda") == "fla":
             pad = fq.shape[-1] % 2  # the kernel's bf16 backward wants an even key dim; a zero feature adds nothing
             q_, k_ = F.pad(fq, (0, pad)), F.pad(fk, (0, pad))
@@ -238,7 +243,7 @@ class LinearAttention(nn.Module):
         if not c.normalize:
             out, _ = chunked_linear_attention(fq, fk, wide(v), c.chunk_size)
             return self._rms(out, v.dtype)
-        out, _ = chunked_linear_attention(fq, fk, torch.cat([wide(v), ones], -1), c.chunk_size)
+        out, _ = chunked_linear_attention(fq, fk, with_ones(v), c.chunk_size)
         return (out[..., :-1] / (out[..., -1:] + EPS)).to(v.dtype)
 
     def _rms(self, y, dtype):
@@ -252,8 +257,7 @@ class LinearAttention(nn.Module):
 
     def _fill(self, cache, fk, k, v, pos):
         """A prefill: the state is the whole sum; the ring holds the last `window` tokens."""
-        ones = torch.ones_like(wide(v[..., :1]))
-        cache.S.copy_(fk.transpose(-1, -2) @ torch.cat([wide(v), ones], -1))
+        cache.S.copy_(fk.transpose(-1, -2) @ with_ones(v))
         if self.config.window:
             w = self.config.window
             last = pos[-w:]
@@ -262,8 +266,7 @@ class LinearAttention(nn.Module):
             cache.ring_pos.index_copy_(0, last % w, last)
 
     def _step(self, fq, fk, q, k, v, pos, cache):
-        ones = torch.ones_like(wide(v[..., :1]))
-        cache.S.add_(fk.transpose(-1, -2) @ torch.cat([wide(v), ones], -1))
+        cache.S.add_(fk.transpose(-1, -2) @ with_ones(v))
         y = self._readout(fq, cache.S, v.dtype)
         w = self.config.window
         if w:

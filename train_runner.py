@@ -611,6 +611,9 @@ def peak_rss_bytes():
 # -----------------------------------------------------------------------------
 # benchmarks
 
+DECODE_TOKENS = 64  # bench_decode times this many steps after the first new token
+
+
 def bench_models(cfg, block_size, n_layer):
     """(name, model) for each entry of cfg['models'], built from cfg's fields that its family has."""
     for name in (cfg["models"] or cfg["model_type"]).split(","):
@@ -652,7 +655,7 @@ def bench(cfg):
         if cfg["stage"] == "bench_layer":
             built = bench_models(cfg, T, 1)
         else:
-            built = bench_models(cfg, T + 64, cfg["n_layer"])
+            built = bench_models(cfg, T + DECODE_TOKENS + 1, cfg["n_layer"])
         for name, m in built:
             m = m.to(device)
             row = {"model": name, "T": T, "kernel_path": m.kernel_paths(device_type)}
@@ -674,10 +677,11 @@ def bench(cfg):
                 else:
                     m.eval()
                     prompt = torch.randint(0, 65, (1, T), device=device)
-                    with autocast:  # the difference of 65 and 1 new tokens leaves out the prefill
-                        long = timed_median(lambda: m.generate(prompt, 65, temperature=0), device_type, cfg["trials"])
+                    n = DECODE_TOKENS + 1
+                    with autocast:  # the difference of n and 1 new tokens leaves out the prefill
+                        long = timed_median(lambda: m.generate(prompt, n, temperature=0), device_type, cfg["trials"])
                         short = timed_median(lambda: m.generate(prompt, 1, temperature=0), device_type, cfg["trials"])
-                    row.update(ms_per_token=(long - short) / 64)
+                    row.update(ms_per_token=(long - short) / DECODE_TOKENS)
                 if device_type == "cuda":
                     row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
             except torch.OutOfMemoryError:
