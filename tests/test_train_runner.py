@@ -34,6 +34,15 @@ def test_config_file_then_overrides(tmp_path):
     assert configure(train_runner.DEFAULTS, overrides={"n_kv_head": 2})["n_kv_head"] == 2
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("*.py")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_every_shipped_config_builds(path, device):
+    cfg = configure(train_runner.DEFAULTS, [str(path)], overrides={"device": device})
+    model = train_runner.build(cfg, vocab_size=65)
+    assert type(model) is train_runner.load_family(cfg["model_type"])[0].GPT
+    assert model.config.block_size == cfg["block_size"] == (256 if device == "cuda" else 64)
+
+
 def test_config_file_sees_the_device(tmp_path):
     cfg_file = tmp_path / "c.py"
     cfg_file.write_text("n_layer = 2 if device == 'cpu' else 7\n")
