@@ -21,7 +21,8 @@ GPU: torch.nn.attention.flex_attention with a BlockMask of 128×128 tiles (Dong 
 "Flex Attention"). Tiles the pattern leaves empty are skipped, so a 512-token window at T=65,536
 touches ~5 tiles per row instead of 512. The BlockMask is built once per (pattern, T, device)
 and reused by every layer and step; mask_mods are cached per setting so the compiled kernel is
-reused (each new mask function object would recompile it).
+reused (each new mask function object would recompile it). Flex compiles per length too, so it
+runs at lengths that are whole tiles (training's block_size); generation's growing contexts do not.
 CPU (FlexAttention has no backward there), prefill and the reference: query blocks of 128 rows,
 each against only the keys its pattern can reach, through SDPA with a boolean mask: never a T×T
 matrix. Neither path drops attention weights (dropout): FlexAttention has no dropout, and both
@@ -151,6 +152,9 @@ class GPTConfig(model.GPTConfig):
 # -----------------------------------------------------------------------------
 # FlexAttention: mask_mods and BlockMasks, cached so the kernel compiles once per setting
 
+# Every (mask_mod, T) compiles flex_attention anew, and past dynamo's recompile limit (8) it silently
+# runs an unfused path that forms the T×T scores: a sweep or a benchmark over many lengths needs more.
+torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
 compiled_flex_attention = torch.compile(flex_attention, dynamic=False)  # both compile on first call
 compiled_create_block_mask = torch.compile(create_block_mask)  # never forms the T×T mask (4 GiB at T=65,536)
 
@@ -283,7 +287,7 @@ class SparseAttention(nn.Module):
         else:
             if cache is not None:
                 cache.write(k, v, pos)
-            if cache is None and self.kernel_path(x.device.type) == "flex":
+            if cache is None and T % FLEX_BLOCK == 0 and self.kernel_path(x.device.type) == "flex":
                 y = self._flex(q, k, v)
             else:
                 y = blocked_sparse_attention(q, k, v, self.config, pos)

@@ -611,7 +611,8 @@ def peak_rss_bytes():
 # -----------------------------------------------------------------------------
 # benchmarks
 
-DECODE_TOKENS = 64  # bench_decode times this many steps after the first new token
+DECODE_TOKENS = 64  # bench_decode times this many steps, after
+DECODE_WARMUP = 8  # these first new tokens: the prefill, eager warm-up steps and the CUDA-graph capture
 
 
 def bench_models(cfg, block_size, n_layer):
@@ -655,7 +656,7 @@ def bench(cfg):
         if cfg["stage"] == "bench_layer":
             built = bench_models(cfg, T, 1)
         else:
-            built = bench_models(cfg, T + DECODE_TOKENS + 1, cfg["n_layer"])
+            built = bench_models(cfg, T + DECODE_WARMUP + DECODE_TOKENS, cfg["n_layer"])
         for name, m in built:
             m = m.to(device)
             row = {"model": name, "T": T, "kernel_path": m.kernel_paths(device_type)}
@@ -677,10 +678,10 @@ def bench(cfg):
                 else:
                     m.eval()
                     prompt = torch.randint(0, 65, (1, T), device=device)
-                    n = DECODE_TOKENS + 1
-                    with autocast:  # the difference of n and 1 new tokens leaves out the prefill
+                    n, w = DECODE_WARMUP + DECODE_TOKENS, DECODE_WARMUP
+                    with autocast:  # the difference leaves out the prefill, warm-up and capture: steady-state steps
                         long = timed_median(lambda: m.generate(prompt, n, temperature=0), device_type, cfg["trials"])
-                        short = timed_median(lambda: m.generate(prompt, 1, temperature=0), device_type, cfg["trials"])
+                        short = timed_median(lambda: m.generate(prompt, w, temperature=0), device_type, cfg["trials"])
                     row.update(ms_per_token=(long - short) / DECODE_TOKENS)
                 if device_type == "cuda":
                     row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20

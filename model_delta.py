@@ -1,0 +1,385 @@
+"""
+Delta-rule attention: a linear-attention state that is corrected, not just accumulated.
+
+DeltaNet (Schlag et al. 2021; Yang et al. 2024, "Parallelizing Linear Transformers with the
+Delta Rule over Sequence Length"), with the state S ∈ R^{K×V} per head:
+
+    S_t = S_{t-1} + β_t k_t (v_t - S_{t-1}ᵀ k_t)ᵀ = (I - β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ
+    o_t = S_tᵀ q_t
+
+Gated DeltaNet (Yang et al., ICLR 2025) decays the state first: S_t = α_t (I - β_t k_t k_tᵀ) S_{t-1}
++ β_t k_t v_tᵀ, with log α_t = -exp(A_log) · softplus(a_t + dt_bias) per head (Mamba-2's gate).
+Gated DeltaProduct (Siems et al. 2025) takes `num_householder` = n keys, values and βs per token
+and applies n such steps per token (a product of n Householder-like transitions), the decay on
+the first: exactly the gated delta rule over a sequence of T·n sub-tokens, read after each n-th.
+
+Keys and queries are L2-normalised per head (so I - β k kᵀ is a contraction for β ∈ (0, 2)),
+β = sigmoid(b_t) (× 2 with `allow_neg_eigval`, letting transitions have negative eigenvalues,
+Grazzi et al. 2025), q/k/v pass a short causal depthwise convolution and SiLU, and the output is
+RMS-normalised per head (× SiLU(g_t) of an output gate in the gated variants), as in
+flash-linear-attention's DeltaNet / GatedDeltaNet / GatedDeltaProduct layers.
+
+Training form (chunks of C tokens, the WY / UT representation): within a chunk with state S
+entering, cumulative decays Γ_i = Π_{j≤i} α_j, and
+
+    A[i, j] = β_i (Γ_i/Γ_j) k_i·k_j  (j < i),       T = (I + A)⁻¹        (lower unitriangular)
+    U = T diag(β) V - T diag(βΓ) K S                (the corrected values u_t, all at once)
+    O = diag(Γ) Q S + (QKᵀ ⊙ Γ_i/Γ_j, j ≤ i) U
+    S' = Γ_C S + (K ⊙ Γ_C/Γ)ᵀ U
+
+so everything but the S recurrence across chunks is batched matrix work: O(T·C·d + T·d²), never
+T×T. On CUDA the same function runs in flash-linear-attention's chunk kernels (bf16). FLA's gated
+kernels refuse some setups (Triton >= 3.4, < 3.7.1 on Hopper); the layer then falls back to the
+PyTorch form with one warning, and kernel_path says 'pytorch-fallback'.
+
+Decoding carries S (and the last conv_size-1 projections for the convolutions): constant memory
+and time per token. With learned positions the context is capped at block_size like softmax's;
+otherwise the state carries on.
+"""
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import model
+
+VARIANTS = ("deltanet", "gated_deltanet", "gated_deltaproduct")
+
+
+@dataclass
+class GPTConfig(model.GPTConfig):
+    variant: str = "deltanet"
+    num_householder: int = 2  # gated_deltaproduct: delta steps per token
+    allow_neg_eigval: bool = False  # β in (0, 2) instead of (0, 1)
+    use_short_conv: bool = True
+    conv_size: int = 4
+    head_k_dim: int = 0  # 0: n_embd // n_head
+    head_v_dim: int = 0  # 0: = the key head dim
+    chunk_size: int = 64
+    use_fla: bool = True  # flash-linear-attention's kernels on CUDA; False: the PyTorch path everywhere
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got '{self.variant}'")
+        if self.pos_emb in ("rope", "alibi"):
+            raise ValueError(f"pos_emb='{self.pos_emb}' acts on softmax scores; the delta family takes "
+                             "'learned', 'sinusoidal' or 'none' (its short convolution carries order too)")
+        for name in ("num_householder", "conv_size", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.head_k_dim < 0 or self.head_v_dim < 0:
+            raise ValueError("head_k_dim and head_v_dim must be >= 0 (0: the default)")
+        if self.n_kv_head != self.n_head:
+            raise ValueError("the delta family has no grouped K/V heads; leave n_kv_head unset")
+
+    @property
+    def k_dim(self):
+        return self.head_k_dim or self.n_embd // self.n_head
+
+    @property
+    def v_dim(self):
+        return self.head_v_dim or self.k_dim
+
+    @property
+    def gated(self):
+        return self.variant != "deltanet"
+
+    @property
+    def steps(self):  # delta steps per token
+        return self.num_householder if self.variant == "gated_deltaproduct" else 1
+
+
+# -----------------------------------------------------------------------------
+# the reference: pure PyTorch, float32 or float64, any device
+
+def recurrent_delta_rule(q, k, v, beta, log_alpha=None, state=None):
+    """The definition, one token at a time. q, k [B, H, T, K], v [B, H, T, V], beta and log_alpha
+    [B, H, T]; q is used as given (scale it first). Returns (o [B, H, T, V], final state [B, H, K, V])."""
+    B, H, T, K = k.shape
+    S = torch.zeros(B, H, K, v.shape[-1], dtype=q.dtype, device=q.device) if state is None else state
+    out = []
+    for t in range(T):
+        if log_alpha is not None:
+            S = S * log_alpha[:, :, t, None, None].exp()
+        kt = k[:, :, t]
+        u = beta[:, :, t, None] * (v[:, :, t] - (S * kt[..., None]).sum(-2))
+        S = S + kt[..., None] * u[..., None, :]
+        out.append((q[:, :, t, :, None] * S).sum(-2))
+    return torch.stack(out, dim=2), S
+
+
+def chunked_delta_rule(q, k, v, beta, log_alpha=None, chunk_size=64, state=None):
+    """The same function in chunks (WY representation; module docstring). Same arguments."""
+    B, H, T, K = k.shape
+    V, C = v.shape[-1], chunk_size
+    pad = (-T) % C
+    if log_alpha is None:
+        log_alpha = torch.zeros_like(beta)
+    if pad:  # β = 0 and α = 1 on padding: those steps leave the state alone
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        beta, log_alpha = F.pad(beta, (0, pad)), F.pad(log_alpha, (0, pad))
+    N = (T + pad) // C
+    q, k, v = (x.reshape(B, H, N, C, x.shape[-1]) for x in (q, k, v))
+    beta, gamma = beta.reshape(B, H, N, C), log_alpha.reshape(B, H, N, C).cumsum(-1)
+
+    i = torch.arange(C, device=q.device)
+    strict, incl = i[:, None] > i[None, :], i[:, None] >= i[None, :]
+    ratio = (gamma[..., :, None] - gamma[..., None, :])  # log Γ_i/Γ_j
+    decay_strict = ratio.masked_fill(~strict, float("-inf")).exp()
+    decay_incl = ratio.masked_fill(~incl, float("-inf")).exp()
+    A = beta[..., None] * (k @ k.transpose(-1, -2)) * decay_strict
+    eye = torch.eye(C, dtype=q.dtype, device=q.device)
+    Tinv = torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False, unitriangular=True)
+    u_free = Tinv @ (beta[..., None] * v)  # U = u_free - W S
+    W = Tinv @ ((beta * gamma.exp())[..., None] * k)
+    P = (q @ k.transpose(-1, -2)) * decay_incl
+    q_decayed = q * gamma.exp()[..., None]
+    k_to_end = k * (gamma[..., -1:] - gamma).exp()[..., None]
+    chunk_decay = gamma[..., -1].exp()[..., None, None]
+
+    S = torch.zeros(B, H, K, V, dtype=q.dtype, device=q.device) if state is None else state
+    out = []
+    for n in range(N):  # the only sequential part: the state from chunk to chunk
+        U = u_free[:, :, n] - W[:, :, n] @ S
+        out.append(q_decayed[:, :, n] @ S + P[:, :, n] @ U)
+        S = chunk_decay[:, :, n] * S + k_to_end[:, :, n].transpose(-1, -2) @ U
+    return torch.stack(out, dim=2).reshape(B, H, N * C, V)[:, :, :T], S
+
+
+def implied_attention(q, k, beta, log_alpha=None):
+    """The [B, H, T, T] matrix M with o = M v for a zero initial state: the chunked form with one
+    chunk, O = (QKᵀ ⊙ Γ_i/Γ_j) (I + A)⁻¹ diag(β) V. Only for visualisation."""
+    T = k.shape[2]
+    eye = torch.eye(T, dtype=q.dtype, device=q.device).expand(*k.shape[:2], T, T)
+    M, _ = chunked_delta_rule(q, k, eye, beta, log_alpha, chunk_size=T)
+    return M
+
+
+# -----------------------------------------------------------------------------
+# flash-linear-attention: imported on first use, probed once per variant
+
+FLA_STATUS = {}  # variant -> None (works) or the reason it cannot run here
+
+
+@torch.compiler.disable
+def fla_status(variant):
+    """None if FLA's kernel for this variant runs forward and backward on this GPU, else the reason."""
+    if variant not in FLA_STATUS:
+        try:
+            fn = fla_kernel(variant)
+            q, k, v = (torch.randn(1, 64, 1, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+            beta = torch.rand(1, 64, 1, device="cuda", dtype=torch.bfloat16)
+            kn = F.normalize(k.float(), dim=-1).to(k.dtype)
+            if variant == "deltanet":
+                o, _ = fn(q, kn, v, beta)
+            elif variant == "gated_deltanet":
+                o, _ = fn(q, kn, v, -torch.rand(1, 64, 1, device="cuda"), beta)
+            else:
+                o, _ = fn(q[:, :32], kn, v, -torch.rand(1, 32, 1, device="cuda"), beta, num_householder=2)
+            o.float().sum().backward()
+            FLA_STATUS[variant] = None
+        except Exception as e:  # ImportError, a Triton error, FLA refusing this Triton
+            FLA_STATUS[variant] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            warnings.warn(f"flash-linear-attention cannot run {variant} here ({FLA_STATUS[variant]}); "
+                          "using the PyTorch chunked form instead (slower, same function)", stacklevel=2)
+    return FLA_STATUS[variant]
+
+
+@functools.cache
+def fla_kernel(variant):
+    if variant == "deltanet":
+        from fla.ops.delta_rule import chunk_delta_rule
+        return chunk_delta_rule
+    if variant == "gated_deltanet":
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        return chunk_gated_delta_rule
+    from fla.ops.gated_delta_product import chunk_gated_delta_product
+    return chunk_gated_delta_product
+
+
+# -----------------------------------------------------------------------------
+# the attention module
+
+class ShortConv(nn.Module):
+    """Causal depthwise convolution over time, then SiLU: y_t = silu(Σ_i w_i x_{t-i})."""
+
+    def __init__(self, channels, size):
+        super().__init__()
+        self.size = size
+        self.weight = nn.Parameter(torch.empty(channels, 1, size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv1d's init
+
+    def forward(self, x):  # x [B, T, channels]
+        y = F.conv1d(F.pad(x.transpose(1, 2), (self.size - 1, 0)), self.weight.to(x.dtype), groups=x.shape[-1])
+        return F.silu(y.transpose(1, 2))
+
+    def step(self, x, past):
+        """One token x [B, 1, channels] after past [B, channels, size-1] (updated in place)."""
+        window = torch.cat([past, x.transpose(1, 2).to(past.dtype)], dim=2)
+        past.copy_(window[:, :, 1:])
+        return F.silu((window * self.weight[:, 0].to(past.dtype)).sum(-1))[:, None].to(x.dtype)
+
+
+class DeltaState:
+    """One layer's decoding state: S [B, H, K, V] in float32 and the convolutions' last inputs."""
+
+    def __init__(self, batch_size, config, device, dtype):
+        H, K, V, n = config.n_head, config.k_dim, config.v_dim, config.steps
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        self.S = torch.zeros(batch_size, H, K, V, device=device, dtype=wide)
+        past = max(config.conv_size - 1, 0)
+        self.conv = [torch.zeros(batch_size, c, past, device=device, dtype=wide) for c in (H * K, n * H * K, n * H * V)]
+
+
+class DeltaAttention(nn.Module):
+    def __init__(self, config, layer_idx=0):
+        super().__init__()
+        self.config = config
+        H, K, V, n, C = config.n_head, config.k_dim, config.v_dim, config.steps, config.n_embd
+        self.q_proj = nn.Linear(C, H * K, bias=False)
+        self.k_proj = nn.Linear(C, n * H * K, bias=False)
+        self.v_proj = nn.Linear(C, n * H * V, bias=False)
+        self.b_proj = nn.Linear(C, n * H, bias=False)
+        if config.use_short_conv:
+            self.q_conv, self.k_conv, self.v_conv = ShortConv(H * K, config.conv_size), \
+                ShortConv(n * H * K, config.conv_size), ShortConv(n * H * V, config.conv_size)
+        if config.gated:
+            self.a_proj = nn.Linear(C, H, bias=False)
+            self.g_proj = nn.Linear(C, H * V, bias=False)
+            # Mamba-2's decay init: A ~ U(0, 16), dt log-uniform in [1e-3, 0.1], dt_bias = softplus⁻¹(dt)
+            self.A_log = nn.Parameter(torch.empty(H).uniform_(0, 16).log())
+            dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+            self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.o_norm = nn.Parameter(torch.ones(V))
+        self.c_proj = nn.Linear(H * V, C, bias=config.bias)  # named so the backbone's depth-scaled init finds it
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def new_cache(self, batch_size, device, dtype):
+        return DeltaState(batch_size, self.config, device, dtype)
+
+    def kernel_path(self, device_type):
+        if device_type != "cuda" or not self.config.use_fla:
+            return "pytorch"
+        v = self.config.variant  # the dict is read first so a compiled forward does not leave its graph
+        return "fla" if (FLA_STATUS[v] if v in FLA_STATUS else fla_status(v)) is None else "pytorch-fallback"
+
+    def forward_flops_per_token(self, T):
+        c = self.config
+        C, K, V = min(c.chunk_size, T), c.k_dim, c.v_dim
+        # per delta step: the chunk's QKᵀ, KKᵀ, W, U and P·U products, and the state in and out
+        return c.steps * 2 * c.n_head * (C * (3 * K + 2 * V) + 3 * K * V)
+
+    def _inputs(self, x, cache):
+        """Projections, convolutions, norms and gates: (q, k, v [B, H, T·n, d], beta, log_alpha [B, H, T·n])."""
+        c = self.config
+        B, T, _ = x.shape
+        H, n = c.n_head, c.steps
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if c.use_short_conv:
+            convs = (self.q_conv, self.k_conv, self.v_conv)
+            if cache is not None and T == 1:
+                q, k, v = (conv.step(t, past) for conv, t, past in zip(convs, (q, k, v), cache.conv))
+            else:
+                if cache is not None:  # a prefill: remember the last conv_size-1 inputs (zeros before the start)
+                    for t, past in zip((q, k, v), cache.conv):
+                        p = past.shape[2]
+                        past.copy_(F.pad(t.transpose(1, 2), (p, 0))[:, :, -p:] if p else past)
+                q, k, v = (conv(t) for conv, t in zip(convs, (q, k, v)))
+        else:
+            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+        q = F.normalize(q.view(B, T, H, -1).to(wide), dim=-1) / math.sqrt(c.k_dim)
+        # n sub-tokens per token, in order: [B, T, n·H·d] -> [B, H, T·n, d]
+        k = F.normalize(k.view(B, T, n, H, -1).to(wide), dim=-1).reshape(B, T * n, H, -1)
+        v = v.view(B, T, n, H, -1).reshape(B, T * n, H, -1).to(wide)
+        beta = torch.sigmoid(self.b_proj(x).to(wide)).view(B, T * n, H) * (2.0 if c.allow_neg_eigval else 1.0)
+        log_alpha = None
+        if c.gated:
+            log_alpha = -self.A_log.exp() * F.softplus(self.a_proj(x).to(wide) + self.dt_bias)  # [B, T, H]
+        q, k, v = (t.transpose(1, 2) for t in (q.view(B, T, H, -1), k, v))
+        return q, k, v, beta.transpose(1, 2), (log_alpha.transpose(1, 2) if log_alpha is not None else None)
+
+    def _expand(self, q, log_alpha, T):
+        """Gated DeltaProduct as the gated delta rule over T·n sub-tokens: the decay on each token's
+        first step, the query read after its last."""
+        n = self.config.steps
+        if n == 1:
+            return q, log_alpha
+        B, H, _, K = q.shape
+        q_sub = q.new_zeros(B, H, T, n, K)
+        q_sub[:, :, :, -1] = q
+        la = log_alpha.new_zeros(B, H, T, n)
+        la[..., 0] = log_alpha
+        return q_sub.reshape(B, H, T * n, K), la.reshape(B, H, T * n)
+
+    def forward(self, x, pos, cache=None, return_attn=False):
+        c = self.config
+        B, T, _ = x.shape
+        n = c.steps
+        q, k, v, beta, log_alpha = self._inputs(x, cache)
+        att = None
+        if cache is not None and T == 1:
+            o = self._step(q, k, v, beta, log_alpha, cache)
+        elif self.kernel_path(x.device.type) == "fla" and not return_attn:
+            o, S = self._fla(q, k, v, beta, log_alpha, x.dtype, cache is not None)
+            if cache is not None:
+                cache.S.copy_(S)
+        else:
+            qe, lae = self._expand(q, log_alpha, T)
+            with torch.autocast(x.device.type, enabled=False):  # the reference runs in (at least) float32
+                o, S = chunked_delta_rule(qe, k, v, beta, lae, c.chunk_size)
+            o = o[:, :, n - 1::n]
+            if cache is not None:
+                cache.S.copy_(S)
+            if return_attn:
+                M = implied_attention(qe, k, beta, lae)[:, :, n - 1::n]
+                att = M.reshape(B, c.n_head, T, T, n).sum(-1)  # weight of each token's n values, summed
+        y = self._output(o, x)
+        return self.resid_dropout(self.c_proj(y)), att
+
+    def _fla(self, q, k, v, beta, log_alpha, dtype, want_state):
+        variant, n = self.config.variant, self.config.steps
+        lp = torch.bfloat16 if dtype == torch.float32 else dtype  # FLA's chunk kernels refuse float32
+        q, k, v, beta = (t.transpose(1, 2).to(lp).contiguous() for t in (q, k, v, beta))
+        kwargs = dict(scale=1.0, output_final_state=want_state)  # q is already scaled
+        if variant == "deltanet":
+            o, S = fla_kernel(variant)(q, k, v, beta, **kwargs)
+        elif variant == "gated_deltanet":
+            o, S = fla_kernel(variant)(q, k, v, log_alpha.transpose(1, 2).float().contiguous(), beta, **kwargs)
+        else:
+            o, S = fla_kernel(variant)(q, k, v, log_alpha.transpose(1, 2).float().contiguous(), beta, num_householder=n,
+                                       **kwargs)
+        return o.transpose(1, 2).float(), S
+
+    def _step(self, q, k, v, beta, log_alpha, cache):
+        S = cache.S
+        for j in range(self.config.steps):
+            if j == 0 and log_alpha is not None:
+                S.mul_(log_alpha[:, :, 0, None, None].exp())
+            kt = k[:, :, j]
+            u = beta[:, :, j, None] * (v[:, :, j] - (S * kt[..., None]).sum(-2))
+            S.add_(kt[..., None] * u[..., None, :])
+        return (q[:, :, 0, :, None] * S).sum(-2)[:, :, None]
+
+    def _output(self, o, x):
+        """RMS-normalise each head (× SiLU of the output gate when gated); [B, H, T, V] -> [B, T, H·V]."""
+        B, H, T, V = o.shape
+        o = F.rms_norm(o.transpose(1, 2).float() if o.dtype != torch.float64 else o.transpose(1, 2), (V,), eps=1e-5)
+        o = o * self.o_norm.to(o.dtype)
+        if self.config.gated:
+            o = o * F.silu(self.g_proj(x).view(B, T, H, V).to(o.dtype))
+        return o.reshape(B, T, H * V).to(x.dtype)
+
+
+class GPT(model.GPT):
+    attention_class = DeltaAttention
+
+    @property
+    def streams(self):  # learned positions cap the context; otherwise the state carries on
+        return self.config.pos_emb != "learned"

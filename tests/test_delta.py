@@ -1,0 +1,197 @@
+"""model_delta.py: the chunked WY form against the per-token recurrence, decoding, causality, FLA."""
+
+import pytest
+import torch
+from conftest import assert_causal
+
+from model import generate_by_recompute
+from model_delta import GPT, VARIANTS, GPTConfig, chunked_delta_rule, implied_attention, recurrent_delta_rule
+
+CASES = [dict(variant="deltanet"), dict(variant="gated_deltanet"), dict(variant="gated_deltaproduct", num_householder=2),
+         dict(variant="gated_deltaproduct", num_householder=3, allow_neg_eigval=True),
+         dict(variant="deltanet", use_short_conv=False, head_k_dim=4, head_v_dim=6)]
+IDS = ["deltanet", "gated_deltanet", "gated_deltaproduct", "deltaproduct3+neg", "deltanet-noconv-dims"]
+
+
+def random_inputs(T, gated, B=2, H=3, K=5, V=4):
+    q = torch.randn(B, H, T, K, dtype=torch.double)
+    k = torch.nn.functional.normalize(torch.randn(B, H, T, K, dtype=torch.double), dim=-1)
+    v = torch.randn(B, H, T, V, dtype=torch.double)
+    beta = torch.rand(B, H, T, dtype=torch.double) * 2  # up to 2: negative eigenvalues too
+    log_alpha = -torch.rand(B, H, T, dtype=torch.double) * 3 if gated else None
+    return q, k, v, beta, log_alpha
+
+
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("T", [1, 7, 16, 37])
+def test_chunked_equals_recurrence(T, gated):
+    q, k, v, beta, log_alpha = random_inputs(T, gated)
+    state = torch.randn(2, 3, 5, 4, dtype=torch.double)
+    ref, ref_S = recurrent_delta_rule(q, k, v, beta, log_alpha, state)
+    out, S = chunked_delta_rule(q, k, v, beta, log_alpha, chunk_size=8, state=state)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(S, ref_S, rtol=0, atol=1e-10)
+
+
+def test_implied_attention_reproduces_the_output():
+    q, k, v, beta, log_alpha = random_inputs(11, True)
+    M = implied_attention(q, k, beta, log_alpha)
+    ref, _ = recurrent_delta_rule(q, k, v, beta, log_alpha)
+    torch.testing.assert_close(M @ v, ref, rtol=0, atol=1e-10)
+    assert M.triu(1).abs().max() == 0  # causal
+
+
+def test_gradients_match_finite_differences():
+    q, k, v, beta, log_alpha = (t.requires_grad_() for t in random_inputs(6, True, B=1, H=1, K=3, V=2))
+    assert torch.autograd.gradcheck(lambda *a: chunked_delta_rule(*a, chunk_size=4)[0], (q, k, v, beta, log_alpha))
+
+
+def tiny(pos_emb="learned", **kw):
+    torch.manual_seed(0)
+    cfg = dict(block_size=16, vocab_size=11, n_layer=2, n_head=4, n_embd=32, chunk_size=5, pos_emb=pos_emb)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).double().eval()
+
+
+def test_deltaproduct_with_one_step_is_gated_deltanet():
+    product = tiny(variant="gated_deltaproduct", num_householder=1)
+    gated = tiny(variant="gated_deltanet")
+    gated.load_state_dict(product.state_dict())
+    idx = torch.randint(0, 11, (2, 16))
+    torch.testing.assert_close(product(idx)[0], gated(idx)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_equals_implied_map_path(case):
+    m = tiny(**case)
+    idx = torch.randint(0, 11, (2, 16))
+    fast, _ = m(idx)
+    mapped, _, maps = m(idx, return_attn=True)
+    torch.testing.assert_close(fast, mapped, rtol=0, atol=1e-10)
+    assert maps[0].shape == (2, 4, 16, 16) and maps[0].triu(1).abs().max() == 0
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "none"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_causality(case, pos_emb):
+    assert_causal(tiny(pos_emb, **case))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_recurrent_steps_equal_parallel_form(case):
+    m = tiny("none", **case)
+    idx = torch.randint(0, 11, (2, 40))  # streams: past block_size 16 on the state
+    full, _ = m(idx)
+    for prompt in (1, 6):  # a prompt shorter than the convolution's reach, and longer
+        caches = m.new_caches(2)
+        steps = [m.step(idx[:, :prompt], torch.arange(prompt), caches)]
+        steps += [m.step(idx[:, t:t + 1], torch.arange(t, t + 1), caches) for t in range(prompt, 40)]
+        torch.testing.assert_close(torch.stack(steps, 1), full[:, prompt - 1:], rtol=0, atol=1e-10)
+    assert caches[0].S.shape == (2, 4, m.config.k_dim, m.config.v_dim)  # the state does not grow with T
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "none"])
+def test_generate_equals_recompute(pos_emb):
+    m = tiny(pos_emb, variant="gated_deltaproduct")
+    assert m.streams == (pos_emb == "none")
+    prompt = torch.randint(0, 11, (2, 5))
+    assert torch.equal(m.generate(prompt, 30, temperature=0), generate_by_recompute(m, prompt, 30, temperature=0))
+
+
+def test_bf16_large_inputs_stay_finite():
+    torch.manual_seed(0)
+    for case in CASES:
+        m = GPT(GPTConfig(block_size=256, vocab_size=11, n_layer=2, n_head=4, n_embd=64, **case))
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if name.endswith("weight"):
+                    p.mul_(30.0)
+        idx = torch.randint(0, 11, (2, 256))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, loss = m(idx, idx)
+        loss.backward()
+        assert torch.isfinite(logits).all() and torch.isfinite(loss)
+        assert all(torch.isfinite(p.grad).all() for p in m.parameters()), case
+
+
+def test_parameter_counts_are_measured_on_the_module():
+    # the shipped configs' head sizes match vanilla's 10.65M within 3%, counted on the built model
+    import model
+    base = dict(n_layer=6, n_embd=384, block_size=256, vocab_size=65)
+    vanilla = model.GPT(model.GPTConfig(n_head=6, **base)).get_num_params()
+    for kw in (dict(variant="deltanet", n_head=6), dict(variant="gated_deltanet", n_head=6, head_k_dim=32, head_v_dim=64),
+               dict(variant="gated_deltaproduct", n_head=4, head_k_dim=64, head_v_dim=48)):
+        n = GPT(GPTConfig(**kw, **base)).get_num_params()
+        assert abs(n / vanilla - 1) < 0.03, (kw, n, vanilla)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(variant="mamba"), "variant must be one of"),
+    (dict(num_householder=0), "num_householder must be >= 1"),
+    (dict(pos_emb="rope"), "the delta family takes"),
+    (dict(n_kv_head=2), "no grouped K/V heads"),
+    (dict(head_k_dim=-1), "head_k_dim and head_v_dim must be >= 0"),
+])
+def test_bad_config(bad, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**bad)
+
+
+def test_trains_through_the_runner(shakespeare, tmp_path):
+    from conftest import TINY
+
+    import train_runner
+    m = train_runner.train(None, overrides=dict(TINY, model_type="delta_product", out_dir=str(tmp_path / "d"), max_iters=150,
+                                                lr_decay_iters=150, eval_interval=50, batch_size=16))
+    val = [row[2] for row in m["curves"]["val"]]
+    assert m["status"] == "done" and m["kernel_path"] == ["pytorch"] and m["config"]["variant"] == "gated_deltaproduct"
+    assert val[-1] < val[0] - 0.9
+
+
+# -- GPU: flash-linear-attention against the PyTorch path (run on the device machine) -------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gpu_fla_equals_reference(variant):
+    pytest.importorskip("fla")
+    import model_delta
+    if model_delta.fla_status(variant) is not None:
+        pytest.skip(f"FLA cannot run {variant} here: {model_delta.fla_status(variant)}")
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_head=4, n_embd=256, variant=variant)).cuda()
+    assert m.kernel_paths("cuda") == ["fla"]
+    idx = torch.randint(0, 65, (4, 1024), device="cuda")
+    outs = {}
+    for use_fla in (True, False):
+        m.config.use_fla = use_fla
+        m.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits, loss = m(idx, idx)
+        loss.backward()
+        outs[use_fla] = (logits.float(), m.transformer.h[0].attn.k_proj.weight.grad.clone())
+    for a, b in zip(outs[True], outs[False]):
+        assert ((a - b).norm() / b.norm()).item() < 2e-2
+
+
+@pytest.mark.gpu
+def test_gpu_refused_kernels_fall_back_and_say_so():
+    import model_delta
+    for variant in VARIANTS:
+        m = GPT(GPTConfig(block_size=64, vocab_size=65, n_layer=1, n_head=4, n_embd=128, variant=variant)).cuda()
+        path = m.kernel_paths("cuda")
+        assert path == (["fla"] if model_delta.fla_status(variant) is None else ["pytorch-fallback"])
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = m(torch.randint(0, 65, (2, 64), device="cuda"), torch.randint(0, 65, (2, 64), device="cuda"))
+        loss.backward()
+        assert torch.isfinite(loss)
+
+
+@pytest.mark.gpu
+def test_gpu_graph_decoding_equals_eager():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=64, vocab_size=65, n_layer=2, n_head=4, n_embd=128, pos_emb="none",
+                      variant="gated_deltaproduct", use_fla=False)).cuda().eval()
+    prompt = torch.randint(0, 65, (2, 10), device="cuda")
+    graphed = m.generate(prompt, 100, temperature=0, cuda_graph=True)
+    eager = m.generate(prompt, 100, temperature=0, cuda_graph=False)
+    assert torch.equal(graphed, eager)
