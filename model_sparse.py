@@ -140,13 +140,13 @@ class GPTConfig(model.GPTConfig):
         """The pattern's predicate for query positions q and key positions k (broadcast), causal."""
         return pattern_allows(self.pattern, q, k, self.window, self.n_global, self.stride, self.summary)
 
-    def keys_for(self, start, end):
+    def keys_for(self, start, end, device=None):
         """Key positions that queries start..end-1 can reach: the window's span plus the globals."""
         if self.pattern not in RING_PATTERNS:
-            return torch.arange(end)
+            return torch.arange(end, device=device)
         lo = max(0, start - self.window + 1)
         g = min(self.n_global, lo) if self.pattern == "local_global" else 0
-        return torch.cat([torch.arange(g), torch.arange(lo, end)])
+        return torch.cat([torch.arange(g, device=device), torch.arange(lo, end, device=device)])
 
 
 # -----------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def blocked_sparse_attention(q, k, v, config, q_pos=None):
     out = []
     for s in range(0, T, QUERY_BLOCK):
         e = min(s + QUERY_BLOCK, T)
-        keys = config.keys_for(s, e).to(q.device)
+        keys = config.keys_for(s, e, q.device)  # made on the device: no copy
         qb, kb, vb = q[:, :, s:e], k.index_select(2, keys), v.index_select(2, keys)
         allowed = config.allowed(q_pos[s:e, None], keys[None, :])
         if config.pattern == "topk":
