@@ -174,14 +174,14 @@ def fla_status(variant):
         try:
             fn = fla_kernel(variant)
             q, k, v = (torch.randn(1, 64, 1, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-            beta = torch.rand(1, 64, 1, device="cuda", dtype=torch.bfloat16)
-            kn = F.normalize(k.float(), dim=-1).to(k.dtype)
+            beta, g = torch.rand(1, 64, 1, device="cuda", dtype=torch.bfloat16), -torch.rand(1, 32, 1, device="cuda")
+            kw = dict(use_qk_l2norm_in_kernel=True)  # as the layer calls it
             if variant == "deltanet":
-                o, _ = fn(q, kn, v, beta)
+                o, _ = fn(q, k, v, beta, **kw)
             elif variant == "gated_deltanet":
-                o, _ = fn(q, kn, v, -torch.rand(1, 64, 1, device="cuda"), beta)
+                o, _ = fn(q, k, v, torch.cat([g, g], 1), beta, **kw)
             else:
-                o, _ = fn(q[:, :32], kn, v, -torch.rand(1, 32, 1, device="cuda"), beta, num_householder=2)
+                o, _ = fn(q[:, :32], k, v, g, beta, num_householder=2, **kw)
             o.float().sum().backward()
             FLA_STATUS[variant] = None
         except Exception as e:  # ImportError, a Triton error, FLA refusing this Triton
@@ -276,7 +276,9 @@ class DeltaAttention(nn.Module):
         return c.steps * 2 * c.n_head * (C * (3 * K + 2 * V) + 3 * K * V)
 
     def _inputs(self, x, cache):
-        """Projections, convolutions, norms and gates: (q, k, v [B, H, T·n, d], beta, log_alpha [B, H, T·n])."""
+        """Projections, convolutions and gates, in FLA's layout: q [B, T, H, K], k [B, T·n, H, K] and
+        v [B, T·n, H, V] (n sub-tokens per token, in order), beta [B, T·n, H], log_alpha [B, T, H] or None.
+        q and k are not yet L2-normalised (FLA's kernels do it themselves, saving their float32 copies)."""
         c = self.config
         B, T, _ = x.shape
         H, n = c.n_head, c.steps
@@ -294,16 +296,17 @@ class DeltaAttention(nn.Module):
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32
-        q = F.normalize(q.view(B, T, H, -1).to(wide), dim=-1) / math.sqrt(c.k_dim)
-        # n sub-tokens per token, in order: [B, T, n·H·d] -> [B, H, T·n, d]
-        k = F.normalize(k.view(B, T, n, H, -1).to(wide), dim=-1).reshape(B, T * n, H, -1)
-        v = v.view(B, T, n, H, -1).reshape(B, T * n, H, -1).to(wide)
         beta = torch.sigmoid(self.b_proj(x).to(wide)).view(B, T * n, H) * (2.0 if c.allow_neg_eigval else 1.0)
-        log_alpha = None
-        if c.gated:
-            log_alpha = -self.A_log.exp() * F.softplus(self.a_proj(x).to(wide) + self.dt_bias)  # [B, T, H]
-        q, k, v = (t.transpose(1, 2) for t in (q.view(B, T, H, -1), k, v))
-        return q, k, v, beta.transpose(1, 2), (log_alpha.transpose(1, 2) if log_alpha is not None else None)
+        log_alpha = -self.A_log.exp() * F.softplus(self.a_proj(x).to(wide) + self.dt_bias) if c.gated else None
+        return (q.view(B, T, H, -1), k.reshape(B, T * n, H, -1), v.reshape(B, T * n, H, -1), beta, log_alpha)
+
+    def _reference_inputs(self, q, k, v, beta, log_alpha):
+        """The same, L2-normalised and q scaled by 1/√K, in at least float32, as [B, H, T(·n), d]."""
+        wide = torch.float64 if q.dtype == torch.float64 else torch.float32
+        q = F.normalize(q.to(wide), dim=-1) / math.sqrt(self.config.k_dim)
+        k = F.normalize(k.to(wide), dim=-1)
+        q, k, v, beta = (t.transpose(1, 2) for t in (q, k, v.to(wide), beta))
+        return q, k, v, beta, (log_alpha.transpose(1, 2) if log_alpha is not None else None)
 
     def _expand(self, q, log_alpha, T):
         """Gated DeltaProduct as the gated delta rule over T·n sub-tokens: the decay on each token's
@@ -322,15 +325,16 @@ class DeltaAttention(nn.Module):
         c = self.config
         B, T, _ = x.shape
         n = c.steps
-        q, k, v, beta, log_alpha = self._inputs(x, cache)
+        inputs = self._inputs(x, cache)
         att = None
         if cache is not None and T == 1:
-            o = self._step(q, k, v, beta, log_alpha, cache)
+            o = self._step(*self._reference_inputs(*inputs), cache)
         elif self.kernel_path(x.device.type) == "fla" and not return_attn:
-            o, S = self._fla(q, k, v, beta, log_alpha, x.dtype, cache is not None)
+            o, S = self._fla(*inputs, cache is not None)
             if cache is not None:
                 cache.S.copy_(S)
         else:
+            q, k, v, beta, log_alpha = self._reference_inputs(*inputs)
             qe, lae = self._expand(q, log_alpha, T)
             with torch.autocast(x.device.type, enabled=False):  # the reference runs in (at least) float32
                 o, S = chunked_delta_rule(qe, k, v, beta, lae, c.chunk_size)
@@ -343,19 +347,18 @@ class DeltaAttention(nn.Module):
         y = self._output(o, x)
         return self.resid_dropout(self.c_proj(y)), att
 
-    def _fla(self, q, k, v, beta, log_alpha, dtype, want_state):
+    def _fla(self, q, k, v, beta, log_alpha, want_state):
         variant, n = self.config.variant, self.config.steps
-        lp = torch.bfloat16 if dtype == torch.float32 else dtype  # FLA's chunk kernels refuse float32
-        q, k, v, beta = (t.transpose(1, 2).to(lp).contiguous() for t in (q, k, v, beta))
-        kwargs = dict(scale=1.0, output_final_state=want_state)  # q is already scaled
+        lp = torch.bfloat16 if q.dtype == torch.float32 else q.dtype  # FLA's chunk kernels refuse float32
+        q, k, v, beta = (t.to(lp).contiguous() for t in (q, k, v, beta))
+        kwargs = dict(scale=self.config.k_dim ** -0.5, output_final_state=want_state, use_qk_l2norm_in_kernel=True)
         if variant == "deltanet":
             o, S = fla_kernel(variant)(q, k, v, beta, **kwargs)
         elif variant == "gated_deltanet":
-            o, S = fla_kernel(variant)(q, k, v, log_alpha.transpose(1, 2).float().contiguous(), beta, **kwargs)
+            o, S = fla_kernel(variant)(q, k, v, log_alpha.float().contiguous(), beta, **kwargs)
         else:
-            o, S = fla_kernel(variant)(q, k, v, log_alpha.transpose(1, 2).float().contiguous(), beta, num_householder=n,
-                                       **kwargs)
-        return o.transpose(1, 2).float(), S
+            o, S = fla_kernel(variant)(q, k, v, log_alpha.float().contiguous(), beta, num_householder=n, **kwargs)
+        return o.transpose(1, 2), S
 
     def _step(self, q, k, v, beta, log_alpha, cache):
         S = cache.S
@@ -370,7 +373,8 @@ class DeltaAttention(nn.Module):
     def _output(self, o, x):
         """RMS-normalise each head (× SiLU of the output gate when gated); [B, H, T, V] -> [B, T, H·V]."""
         B, H, T, V = o.shape
-        o = F.rms_norm(o.transpose(1, 2).float() if o.dtype != torch.float64 else o.transpose(1, 2), (V,), eps=1e-5)
+        o = o.transpose(1, 2)
+        o = F.rms_norm(o if o.dtype == torch.float64 else o.float(), (V,), eps=1e-5)
         o = o * self.o_norm.to(o.dtype)
         if self.config.gated:
             o = o * F.silu(self.g_proj(x).view(B, T, H, V).to(o.dtype))
