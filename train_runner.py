@@ -611,7 +611,7 @@ def peak_rss_bytes():
 # -----------------------------------------------------------------------------
 # benchmarks
 
-DECODE_TOKENS = 64  # bench_decode times this many steps, after
+DECODE_TOKENS = 256  # bench_decode times this many steps, after
 DECODE_WARMUP = 8  # these first new tokens: the prefill, eager warm-up steps and the CUDA-graph capture
 
 
