@@ -205,15 +205,21 @@ class CausalSelfAttention(nn.Module):
         # q·k and weights·v, 2 FLOPs per multiply-add, over all T keys (nanoGPT's convention)
         return 2 * 2 * self.n_head * self.head_dim * T
 
-    def forward(self, x, pos, cache=None, return_attn=False):
+    def qkv(self, x, pos):
+        """x [B, T, C] -> q [B, H, T, D] and k, v [B, Hkv, T, D], q and k rotated when pos_emb='rope'."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
-                                        self.n_kv_head * self.head_dim], dim=2)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split([H * D, Hkv * D, Hkv * D], dim=2)
+        q = q.view(B, T, H, D).transpose(1, 2)
+        k = k.view(B, T, Hkv, D).transpose(1, 2)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)
         if self.config.pos_emb == "rope":
             q, k = apply_rope(q, pos, self.config.rope_base), apply_rope(k, pos, self.config.rope_base)
+        return q, k, v
+
+    def forward(self, x, pos, cache=None, return_attn=False):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x, pos)
         k_pos = pos
         if cache is not None:
             cache.write(k, v, pos)

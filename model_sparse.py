@@ -40,7 +40,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -236,14 +235,8 @@ class RingCache:
 # -----------------------------------------------------------------------------
 # the attention module
 
-class SparseAttention(nn.Module):
-    def __init__(self, config, layer_idx=0):
-        super().__init__()
-        self.config = config
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
-        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_dim, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+class SparseAttention(model.CausalSelfAttention):
+    """Softmax attention (the backbone's projections, GQA and RoPE) restricted to the pattern."""
 
     def new_cache(self, batch_size, device, dtype):
         c = self.config
@@ -271,13 +264,7 @@ class SparseAttention(nn.Module):
 
     def forward(self, x, pos, cache=None, return_attn=False):
         B, T, C = x.shape
-        H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.c_attn(x).split([H * D, Hkv * D, Hkv * D], dim=2)
-        q = q.view(B, T, H, D).transpose(1, 2)
-        k = k.view(B, T, Hkv, D).transpose(1, 2)
-        v = v.view(B, T, Hkv, D).transpose(1, 2)
-        if self.config.pos_emb == "rope":
-            q, k = model.apply_rope(q, pos, self.config.rope_base), model.apply_rope(k, pos, self.config.rope_base)
+        q, k, v = self.qkv(x, pos)
         att = None
         if return_attn:
             y, att = self._attend_with_map(q, k, v, pos)

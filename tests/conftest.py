@@ -58,3 +58,18 @@ def assert_causal(model, vocab_size=11, T=16):
         logits, _ = model(changed)
         assert torch.equal(logits[:, :t], base[:, :t]), f"a position before {t} saw token {t}"
         assert not torch.allclose(logits[:, t], base[:, t])
+
+
+def assert_fast_path_matches_reference(model, flag, idx, weight, tol=2e-2):
+    """bf16 forward + backward with model.config.<flag> on (the fast kernel) and off (the PyTorch
+    reference): the logits and the gradient of `weight` agree to a relative error of tol."""
+    outs = []
+    for fast in (True, False):
+        setattr(model.config, flag, fast)  # the layers share the model's config
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits, loss = model(idx, idx)
+        loss.backward()
+        outs.append((logits.float(), weight.grad.clone()))
+    for a, b in zip(*outs):
+        assert ((a - b).norm() / b.norm()).item() < tol

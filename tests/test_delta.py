@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import assert_causal
+from conftest import assert_causal, assert_fast_path_matches_reference
 
 from model import generate_by_recompute
 from model_delta import GPT, VARIANTS, GPTConfig, chunked_delta_rule, implied_attention, recurrent_delta_rule
@@ -161,16 +161,7 @@ def test_gpu_fla_equals_reference(variant):
     m = GPT(GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_head=4, n_embd=256, variant=variant)).cuda()
     assert m.kernel_paths("cuda") == ["fla"]
     idx = torch.randint(0, 65, (4, 1024), device="cuda")
-    outs = {}
-    for use_fla in (True, False):
-        m.config.use_fla = use_fla
-        m.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits, loss = m(idx, idx)
-        loss.backward()
-        outs[use_fla] = (logits.float(), m.transformer.h[0].attn.k_proj.weight.grad.clone())
-    for a, b in zip(outs[True], outs[False]):
-        assert ((a - b).norm() / b.norm()).item() < 2e-2
+    assert_fast_path_matches_reference(m, "use_fla", idx, m.transformer.h[0].attn.k_proj.weight)
 
 
 @pytest.mark.gpu

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_causal
+from conftest import assert_causal, assert_fast_path_matches_reference
 
 from model import generate_by_recompute
 from model_linear import GPT, GPTConfig, chunked_linear_attention, local_attention
@@ -143,17 +143,7 @@ def test_gpu_fla_equals_reference(variant):
     model = GPT(cfg).cuda()
     assert model.kernel_paths("cuda") == (["pytorch"] if variant["feature_map"] == "taylor" else ["fla"])
     idx = torch.randint(0, 65, (4, 1024), device="cuda")
-    outs = {}
-    for use_fla in (True, False):
-        for block in model.transformer.h:
-            block.attn.config.use_fla = use_fla
-        model.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits, loss = model(idx, idx)
-        loss.backward()
-        outs[use_fla] = (logits.float(), model.transformer.h[0].attn.c_attn.weight.grad.clone())
-    for a, b in zip(outs[True], outs[False]):
-        assert ((a - b).norm() / b.norm()).item() < 2e-2
+    assert_fast_path_matches_reference(model, "use_fla", idx, model.transformer.h[0].attn.c_attn.weight)
 
 
 @pytest.mark.gpu

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_causal
+from conftest import assert_causal, assert_fast_path_matches_reference
 
 import model_sparse
 from model import generate_by_recompute
@@ -171,23 +171,11 @@ def test_trains_through_the_runner(shakespeare, tmp_path):
 @pytest.mark.parametrize("variant", VARIANTS[:4] + VARIANTS[5:], ids=IDS[:4] + IDS[5:])
 def test_gpu_flex_equals_reference(variant):
     torch.manual_seed(0)
-    variant = dict(variant, window=variant.get("window", 5) * 20, stride=variant.get("stride", 1) * 16)
-    cfg = GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_head=6, n_embd=384, pos_emb="rope",
-                    **{k: v for k, v in variant.items() if k not in ("window", "stride")},
-                    window=variant["window"], stride=variant["stride"])
-    model = GPT(cfg).cuda()
+    variant = dict(variant, window=variant.get("window", 5) * 20, stride=variant.get("stride", 1) * 16)  # sizes for T=1024
+    model = GPT(GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_head=6, n_embd=384, pos_emb="rope", **variant)).cuda()
     assert model.kernel_paths("cuda") == ["flex"]
     idx = torch.randint(0, 65, (4, 1024), device="cuda")
-    outs = {}
-    for use_flex in (True, False):
-        model.config.use_flex = use_flex
-        model.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits, loss = model(idx, idx)
-        loss.backward()
-        outs[use_flex] = (logits.float(), model.transformer.h[0].attn.c_attn.weight.grad.clone())
-    for a, b in zip(outs[True], outs[False]):
-        assert ((a - b).norm() / b.norm()).item() < 2e-2
+    assert_fast_path_matches_reference(model, "use_flex", idx, model.transformer.h[0].attn.c_attn.weight)
 
 
 @pytest.mark.gpu
