@@ -385,13 +385,19 @@ def environment():
         env["triton"] = triton.__version__
     except ImportError:
         pass
-    try:
-        env["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                           cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        pass
-    env["git_commit"] = env.get("git_commit") or os.environ.get("GIT_COMMIT")  # a copy without .git can be told
+    env["git_commit"] = os.environ.get("GIT_COMMIT") or git_revision()  # a copy elsewhere can be told its commit
     return env
+
+
+def git_revision():
+    """The checkout's commit, with '+dirty' when tracked files differ from it; None outside git."""
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+        rev = git("rev-parse", "--short", "HEAD")
+        return (rev + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")) or None
+    except OSError:
+        return None
 
 
 def build(cfg, vocab_size):
