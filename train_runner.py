@@ -85,13 +85,20 @@ compile = True  # torch.compile the model for training
 # launch-bound on an H100 (5.8 ms/iter there vs 10.3 with 'default' and 12.2 uncompiled, README)
 compile_mode = "reduce-overhead"
 seed = 1337
-# benchmarks: --stage=bench_layer (one attention layer, fwd+bwd, over sequence lengths) or
-# --stage=bench_decode (ms/token at batch 1 after a prompt of each context length)
+# what to do: 'train' (one run), 'bakeoff' (sweep, then bench_decode and bench_memory, then report),
+# or one of those parts alone: 'sweep', 'bench_decode', 'bench_memory', 'report', and 'bench_layer'
 stage = "train"
-models = ""  # comma-separated model_types to benchmark; '' = model_type
-seq_lens = "256,1024,4096,16384,65536"
-tokens_per_batch = 16384  # bench_layer: batch = tokens_per_batch // T
-decode_lens = "128,1024,16384"
+# the sweep: config files by short name (vanilla = config/train_shakespeare_char.py, x = ..._x.py, or a path)
+models_to_test = "vanilla,rope,linear,sparse,delta,delta_product,nsa"
+learning_rates = "5e-4,1e-3,2e-3"  # each run's min_lr is its learning_rate / 10
+seeds = "1337"
+target_params = 0  # 0: the vanilla entry's parameter count; each family is matched to within 3%
+sweep_dir = ""  # '' = results/<cpu or cuda>
+# benchmarks: the sweep's models, or for a benchmark stage alone, --models (model_types with these settings)
+models = ""  # comma-separated model_types; '' = model_type
+seq_lens = "256,1024,4096,16384,65536"  # bench_layer and bench_memory
+tokens_per_batch = 16384  # bench_layer and bench_memory: batch = tokens_per_batch // T
+decode_lens = "128,256,512,1024,4096,16384"  # bench_decode: prompt lengths, batch 1
 trials = 10
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
@@ -420,7 +427,8 @@ def train(config_path=None, overrides=None, argv_overrides=None):
     return run(cfg)
 
 
-def run(cfg):
+def run(cfg, prefix=""):
+    """Train one model from a resolved config (configure()'s output); prefix goes before each log line."""
     out = Path(cfg["out_dir"])
     ckpt_path = out / "ckpt.pt"
     if cfg["init_from"] not in ("scratch", "resume"):
@@ -473,7 +481,7 @@ def run(cfg):
     optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
     data_gen = torch.Generator(device=device).manual_seed(cfg["seed"])
     iter_num, best_val_loss = 0, float("inf")
-    curves = {"train": [], "val": []}  # rows: [iter, loss, lr] and [iter, train_loss, val_loss]
+    curves = {"train": [], "val": []}  # rows: [iter, loss, lr] and [iter, train_loss, val_loss, seconds]
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         iter_num, best_val_loss, curves = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["curves"]
@@ -482,7 +490,7 @@ def run(cfg):
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
         if ckpt["rng"]["data"].numel() == data_gen.get_state().numel():
             data_gen.set_state(ckpt["rng"]["data"])
-        print(f"resuming {cfg['model_type']} from {ckpt_path} at iter {iter_num}")
+        print(prefix + f"resuming {cfg['model_type']} from {ckpt_path} at iter {iter_num}")
         del ckpt
     raw_model = model
     if cfg["compile"]:
@@ -495,7 +503,7 @@ def run(cfg):
     flops_per_iter = raw_model.estimate_flops_per_token(cfg["block_size"]) * tokens_per_iter
     peak = peak_flops(device_type)
     n_params = raw_model.get_num_params()
-    print(f"{cfg['model_type']}: {n_params / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter, "
+    print(prefix + f"{cfg['model_type']}: {n_params / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter, "
           f"device {device}, {dtype}, compile={cfg['compile']}, kernels: {', '.join(raw_model.kernel_paths(device_type))}")
     tracker = None
     if cfg["wandb_log"]:
@@ -538,10 +546,12 @@ def run(cfg):
         }
         write_json(out / "metrics.json", m)
         write_csv(out / "losses.csv", ["iter", "loss", "lr"], curves["train"])
-        write_csv(out / "eval.csv", ["iter", "train_loss", "val_loss"], curves["val"])
+        write_csv(out / "eval.csv", ["iter", "train_loss", "val_loss", "seconds"], curves["val"])
         return m
 
     env = environment()
+    # wall-clock seconds of the run so far, across resumes (older checkpoints' rows have no time)
+    seconds_before = curves["val"][-1][3] if curves["val"] and len(curves["val"][-1]) > 3 else 0.0
     timings = []  # ms/iter over each stretch between log lines, evaluation excluded
     t_start = time.time()
     model.train()
@@ -552,13 +562,13 @@ def run(cfg):
             group["lr"] = lr
         if iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]:
             losses = estimate_loss()
-            print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            print(prefix + f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
                 metrics("diverged")
                 raise TrainingDiverged(f"loss became {losses['val']} by iter {iter_num}; the last good checkpoint "
                                        f"is kept. Lower learning_rate (now {cfg['learning_rate']}) or raise warmup_iters")
             if not curves["val"] or curves["val"][-1][0] != iter_num:
-                curves["val"].append([iter_num, losses["train"], losses["val"]])
+                curves["val"].append([iter_num, losses["train"], losses["val"], seconds_before + time.time() - t_start])
             if tracker:
                 tracker.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
             if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
@@ -591,7 +601,7 @@ def run(cfg):
             timings.append(dt * 1e3)
             curves["train"].append([iter_num, lossf, lr])
             mfu = f", mfu {100 * flops_per_iter / dt / peak:.1f}%" if peak else ""
-            print(f"iter {iter_num}: loss {lossf:.4f}, {dt * 1e3:.2f} ms/iter, {tokens_per_iter / dt:,.0f} tokens/s{mfu}")
+            print(prefix + f"iter {iter_num}: loss {lossf:.4f}, {dt * 1e3:.2f} ms/iter, {tokens_per_iter / dt:,.0f} tokens/s{mfu}")
             if not math.isfinite(lossf):
                 metrics("diverged")
                 raise TrainingDiverged(f"loss became {lossf} at iter {iter_num}; the last good checkpoint is kept. "
@@ -602,10 +612,10 @@ def run(cfg):
     if tracker:
         tracker.summary.update({k: v for k, v in m.items() if isinstance(v, (int, float))})
         tracker.finish()
-    print(f"done: {cfg['model_type']} best val loss {m['best_val_loss']:.4f} (ppl {m['val_perplexity']:.2f}), "
-          f"{m['ms_per_iter']:.2f} ms/iter, {m['tokens_per_sec']:,.0f} tokens/s, peak {m['peak_memory_mib']:.0f} MiB, "
-          f"{m['wall_time_s']:.0f} s" if m["ms_per_iter"] and m["best_val_loss"] is not None else
-          f"done: {cfg['model_type']} after {iter_num} iters")
+    summary = (f"best val loss {m['best_val_loss']:.4f} (ppl {m['val_perplexity']:.2f}), {m['ms_per_iter']:.2f} ms/iter, "
+               f"{m['tokens_per_sec']:,.0f} tokens/s, peak {m['peak_memory_mib']:.0f} MiB, {m['wall_time_s']:.0f} s"
+               if m["ms_per_iter"] and m["best_val_loss"] is not None else f"after {iter_num} iters")
+    print(prefix + f"done: {cfg['model_type']} {summary}")
     return m
 
 
@@ -615,22 +625,39 @@ def peak_rss_bytes():
 
 
 # -----------------------------------------------------------------------------
-# benchmarks
+# benchmarks: each takes a list of (name, settings), settings being a resolved config with a model_type
 
 DECODE_TOKENS = 256  # bench_decode times this many steps, after
 DECODE_WARMUP = 8  # these first new tokens: the prefill, eager warm-up steps and the CUDA-graph capture
 
 
-def bench_models(cfg, block_size, n_layer):
-    """(name, model) for each entry of cfg['models'], built from cfg's fields that its family has."""
-    for name in (cfg["models"] or cfg["model_type"]).split(","):
+def split(text, kind=str):
+    return [kind(x) for x in str(text).split(",") if x.strip()]
+
+
+def bench_specs(cfg):
+    """(name, settings) for each model_type in --models, with cfg's values for the keys its family has;
+    a family's presets (delta_product's variant) apply where cfg leaves the family default."""
+    specs = []
+    for name in split(cfg["models"] or cfg["model_type"]):
         module, presets = load_family(name)
-        args = {k: cfg[k] for k in family_fields(module) if k in cfg}
-        args.update(presets, vocab_size=65, block_size=block_size, n_layer=n_layer, dropout=0.0)
-        try:
-            yield name, module.GPT(module.GPTConfig(**args))
-        except ValueError as e:
-            raise UserError(f"invalid model configuration for {name}: {e}") from None
+        defaults = family_fields(module)
+        settings = dict(cfg, model_type=name)
+        settings.update({k: v for k, v in presets.items() if cfg.get(k, defaults[k]) == defaults[k]})
+        specs.append((name, settings))
+    return specs
+
+
+def build_for(settings, block_size, n_layer=None, vocab_size=65):
+    module, _ = load_family(settings["model_type"])
+    args = {k: settings[k] for k in family_fields(module) if k in settings}
+    args.update(vocab_size=vocab_size, block_size=block_size, dropout=0.0)
+    if n_layer is not None:
+        args["n_layer"] = n_layer
+    try:
+        return module.GPT(module.GPTConfig(**args))
+    except ValueError as e:
+        raise UserError(f"invalid model configuration for {settings['model_type']}: {e}") from None
 
 
 def timed_median(fn, device_type, trials):
@@ -651,66 +678,390 @@ def timed_median(fn, device_type, trials):
     return sorted(times)[len(times) // 2]
 
 
-def bench(cfg):
-    device = cfg["device"]
+def is_oom(e):
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
+
+
+def bench(cfg, specs=None):
+    """Run cfg['stage'] (bench_layer, bench_decode or bench_memory) for each spec and each length;
+    prints a row per measurement, writes <out_dir>/<stage>.json. Out-of-memory is a row, not a crash."""
+    stage, device = cfg["stage"], cfg["device"]
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    dtype = torch.bfloat16 if device_type == "cuda" else torch.float32
-    autocast = torch.autocast(device_type, dtype=dtype, enabled=device_type == "cuda")
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
+    specs = specs or bench_specs(cfg)
     rows = []
-    lens = [int(x) for x in str(cfg["seq_lens" if cfg["stage"] == "bench_layer" else "decode_lens"]).split(",")]
-    for T in lens:
-        if cfg["stage"] == "bench_layer":
-            built = bench_models(cfg, T, 1)
-        else:
-            built = bench_models(cfg, T + DECODE_WARMUP + DECODE_TOKENS, cfg["n_layer"])
-        for name, m in built:
-            m = m.to(device)
-            row = {"model": name, "T": T, "kernel_path": m.kernel_paths(device_type)}
+    for T in split(cfg["decode_lens" if stage == "bench_decode" else "seq_lens"], int):
+        for name, settings in specs:
+            row = {"model": name, "T": T}
             if device_type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             try:
-                if cfg["stage"] == "bench_layer":
-                    B = max(1, cfg["tokens_per_batch"] // T)
+                if stage == "bench_layer":
+                    m = build_for(settings, T, n_layer=1).to(device)
+                    row["batch"] = B = max(1, cfg["tokens_per_batch"] // T)
                     attn = m.transformer.h[0].attn
-                    x = torch.randn(B, T, cfg["n_embd"], device=device, requires_grad=True)
+                    x = torch.randn(B, T, settings["n_embd"], device=device, requires_grad=True)
                     pos = torch.arange(T, device=device)
 
                     def step():
                         with autocast:
                             y, _ = attn(x, pos)
                         y.float().sum().backward()
-                    row.update(batch=B, ms=timed_median(step, device_type, cfg["trials"]))
+                    row["ms"] = timed_median(step, device_type, cfg["trials"])
+                elif stage == "bench_memory":  # one whole training step: forward, backward, AdamW
+                    m = build_for(settings, T).to(device)
+                    row["batch"] = B = max(1, cfg["tokens_per_batch"] // T)
+                    opt = m.configure_optimizers(0.1, 1e-3, (0.9, 0.99), device_type)
+                    idx = torch.randint(0, 65, (B, T), device=device)
+
+                    def step():
+                        with autocast:
+                            _, loss = m(idx, idx)
+                        loss.backward()
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
+                    row["ms"] = timed_median(step, device_type, cfg["trials"])
                 else:
-                    m.eval()
+                    m = build_for(settings, T + DECODE_WARMUP + DECODE_TOKENS).to(device).eval()
                     prompt = torch.randint(0, 65, (1, T), device=device)
                     n, w = DECODE_WARMUP + DECODE_TOKENS, DECODE_WARMUP
                     with autocast:  # the difference leaves out the prefill, warm-up and capture: steady-state steps
                         long = timed_median(lambda: m.generate(prompt, n, temperature=0), device_type, cfg["trials"])
                         short = timed_median(lambda: m.generate(prompt, w, temperature=0), device_type, cfg["trials"])
-                    row.update(ms_per_token=(long - short) / DECODE_TOKENS)
+                    row["ms_per_token"] = (long - short) / DECODE_TOKENS
+                row["kernel_path"] = m.kernel_paths(device_type)
                 if device_type == "cuda":
                     row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
-            except torch.OutOfMemoryError:
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if not is_oom(e):
+                    raise
                 row["status"] = "OOM"
+            m = None  # free it before the next model
             rows.append(row)
             print(json.dumps(row))
-    result = {"stage": cfg["stage"], "n_embd": cfg["n_embd"], "n_head": cfg["n_head"], "rows": rows,
-              "environment": environment(), "config": cfg}
-    write_json(Path(cfg["out_dir"]) / f"{cfg['stage']}.json", result)
+    result = {"stage": stage, "rows": rows, "environment": environment(), "config": cfg}
+    write_json(Path(cfg["out_dir"]) / f"{stage}.json", result)
     return result
+
+
+# -----------------------------------------------------------------------------
+# the sweep: every model of models_to_test, parameter-matched, at every learning rate and seed
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+
+
+def model_config_path(name):
+    if name.endswith(".py"):
+        return Path(name)
+    return CONFIG_DIR / ("train_shakespeare_char.py" if name == "vanilla" else f"train_shakespeare_char_{name}.py")
+
+
+def model_settings(name, sweep_paths, raw):
+    """A sweep entry's run config: its config file, with the sweep's files and command line on top."""
+    path = model_config_path(name)
+    if not path.is_file():
+        raise UserError(f"no config for '{name}' ({path} is missing)")
+    raw = {k: v for k, v in raw.items() if k not in ("model_type", "stage")}
+    return configure(DEFAULTS, [str(path), *sweep_paths], raw_overrides=raw)
+
+
+def dataset_vocab(dataset):
+    meta = load_meta(dataset)
+    return meta["vocab_size"] if meta else 50304
+
+
+def count_params(settings):
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        return build(settings, dataset_vocab(settings["dataset"])).get_num_params()
+
+
+def match_params(settings, target):
+    """settings' own shape if its parameters are within 3% of target; else the closest of a small grid:
+    the family's value head size at its own width (where it has one), then (n_head, n_embd) around it.
+    Ties go to the smallest change."""
+    own = count_params(settings)
+    if abs(own / target - 1) <= 0.03:
+        return {}, own
+    w, h = settings["n_embd"], settings["n_head"]
+    candidates = [{"head_v_dim": d} for d in range(8, 2 * w // h + 1, 8) if "head_v_dim" in settings]
+    candidates += [{"n_head": heads, "n_embd": width} for heads in sorted({h, 4, 6, 8})
+                   for width in range(max(32, w // 2), 2 * w + 1, 2 * heads)]  # even head dims
+    best = None
+    for change in candidates:
+        try:
+            n = count_params(dict(settings, **change))
+        except UserError:
+            continue
+        key = (abs(n - target) > 0.03 * target, "n_embd" in change, abs(n - target))  # in range, narrowest change, closest
+        if best is None or key < best[0]:
+            best = (key, change, n)
+    if best is None or abs(best[2] / target - 1) > 0.03:
+        raise UserError(f"no width within 3% of {target:,} parameters for {settings['model_type']} "
+                        f"(closest {best[2] if best else own:,}): set target_params or the family's head sizes")
+    return best[1], best[2]
+
+
+def sweep_root(cfg):
+    device_type = "cuda" if cfg["device"].startswith("cuda") else "cpu"
+    return Path(cfg["sweep_dir"] or Path("results") / device_type)
+
+
+def sweep(cfg, sweep_paths=(), raw=None):
+    """Train every (model, learning rate, seed); finished runs are skipped, interrupted ones resumed.
+
+    Returns {name: matched settings} for the benchmarks. Writes <sweep_dir>/param_matching.{json,md}
+    and <sweep_dir>/runs/<model>_lr<lr>_s<seed>/."""
+    root, raw = sweep_root(cfg), dict(raw or {})
+    specs, skipped = {}, {}
+    for name in split(cfg["models_to_test"]):
+        try:
+            specs[name] = model_settings(name, sweep_paths, raw)
+        except UserError as e:  # a family not in this checkout yet: said, and the sweep goes on
+            skipped[name] = str(e)
+            print(f"[sweep] skipping {name}: {e}")
+    if not specs:
+        raise UserError("models_to_test names no model that can be built")
+    target = cfg["target_params"] or count_params(specs.get("vanilla") or model_settings("vanilla", sweep_paths, raw))
+    table = []
+    for name, settings in specs.items():
+        change, n = match_params(settings, target)
+        settings.update(change)
+        table.append({"model": name, "model_type": settings["model_type"], "n_layer": settings["n_layer"],
+                      "n_head": settings["n_head"], "n_embd": settings["n_embd"], "params": n,
+                      "off_target_pct": 100 * (n / target - 1), "changed": change})
+    lines = ["| model | layers | heads | width | params | off target |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['n_layer']} | {r['n_head']} | {r['n_embd']} | {r['params']:,} | "
+              f"{r['off_target_pct']:+.1f}%{' (matched)' if r['changed'] else ''} |" for r in table]
+    write_json(root / "param_matching.json", {"target": target, "rows": table, "skipped": skipped})
+    atomic_write(root / "param_matching.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    print(f"[sweep] parameter matching, target {target:,}:\n" + "\n".join(lines))
+
+    runs = [(name, lr, seed) for name in specs for lr in split(cfg["learning_rates"], float) for seed in split(cfg["seeds"], int)]
+    started, trained = time.time(), 0
+    for k, (name, lr, seed) in enumerate(runs, 1):
+        out = root / "runs" / f"{name}_lr{lr:g}_s{seed}"
+        prior = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+        if prior.get("status") in ("done", "diverged", "oom", "failed"):
+            print(f"[sweep] run {k}/{len(runs)}: {out.name} already {prior['status']}, skipped")
+            continue
+        left = len(runs) - k + 1
+        eta = f", sweep ETA {(time.time() - started) / trained * left / 60:.1f} min" if trained else ""
+        resume = (out / "ckpt.pt").exists()
+        print(f"[sweep] run {k}/{len(runs)}: {name} lr={lr:g} seed={seed}{' (resuming)' if resume else ''}{eta}")
+        run_cfg = dict(specs[name], learning_rate=lr, min_lr=lr / 10, seed=seed, out_dir=str(out), stage="train",
+                       init_from="resume" if resume else "scratch", always_save_checkpoint=True,
+                       wandb_run_name=f"{name}_lr{lr:g}_s{seed}")
+        try:
+            run(run_cfg, prefix=f"[{k}/{len(runs)} {name}] ")
+        except TrainingDiverged as e:  # metrics.json already says 'diverged'
+            print(f"[sweep] {out.name} diverged: {e}")
+        except (torch.OutOfMemoryError, RuntimeError, UserError) as e:
+            if isinstance(e, RuntimeError) and not is_oom(e):
+                raise
+            status = "oom" if is_oom(e) else "failed"
+            write_json(out / "metrics.json", dict(prior, status=status, error=str(e).splitlines()[0],
+                                                  model_type=specs[name]["model_type"], config=run_cfg))
+            print(f"[sweep] {out.name}: {status}: {str(e).splitlines()[0]}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        trained += 1
+    return specs
+
+
+# -----------------------------------------------------------------------------
+# the bake-off report: tables and plots from the sweep's files
+
+def mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+
+
+def fmt(x, spec=".4f"):
+    return "–" if x is None else format(x, spec)
+
+
+def run_name(metrics):
+    return Path(metrics["config"]["out_dir"]).name.rsplit("_lr", 1)[0]
+
+
+def report(cfg):
+    """<sweep_dir>/bakeoff.json, bakeoff.md and plots/*.png from runs/, param_matching.json and the
+    bench_decode / bench_memory JSON that the bake-off wrote there."""
+    root = sweep_root(cfg)
+    order = {name: i for i, name in enumerate(split(cfg["models_to_test"]))}  # the table follows models_to_test
+    runs = sorted((json.loads(p.read_text()) for p in root.glob("runs/*/metrics.json")),
+                  key=lambda m: (order.get(run_name(m), len(order)), run_name(m), m["config"]["learning_rate"]))
+    if not runs:
+        raise UserError(f"no runs under {root}/runs: run the sweep first (--stage=sweep)")
+    matching = json.loads((root / "param_matching.json").read_text()) if (root / "param_matching.json").exists() else {}
+    params = {r["model"]: r["params"] for r in matching.get("rows", [])}
+    benches = {s: json.loads((root / f"{s}.json").read_text())["rows"] for s in ("bench_decode", "bench_memory")
+               if (root / f"{s}.json").exists()}
+    by_model = {}
+    for m in runs:
+        by_model.setdefault(run_name(m), []).append(m)
+    models = {}
+    for name, ms in by_model.items():
+        by_lr = {}
+        for m in ms:
+            by_lr.setdefault(m["config"]["learning_rate"], []).append(m)
+        lr_best = {lr: mean_std([m.get("best_val_loss") for m in group])[0] for lr, group in by_lr.items()}
+        finite = {lr: v for lr, v in lr_best.items() if v is not None}
+        best_lr = min(finite, key=finite.get) if finite else None
+        group = by_lr.get(best_lr, [])
+        best, best_sd = mean_std([m.get("best_val_loss") for m in group])
+        final, final_sd = mean_std([m.get("final_val_loss") for m in group])
+        models[name] = {
+            "params": params.get(name, group[0].get("params") if group else None), "best_lr": best_lr,
+            "best_val_loss": best, "best_val_loss_std": best_sd, "final_val_loss": final, "final_val_loss_std": final_sd,
+            "val_perplexity": math.exp(best) if best is not None else None, "seeds": len(group),
+            "tokens_per_sec": mean_std([m.get("tokens_per_sec") for m in group])[0],
+            "mfu": mean_std([m.get("mfu") for m in group])[0],
+            "kernel_path": sorted({p for m in ms for p in m.get("kernel_path") or []}),
+            "status": {s: sum(m["status"] == s for m in ms) for s in sorted({m["status"] for m in ms})},
+            "lr_sweep": {str(lr): v for lr, v in sorted(lr_best.items())},
+            "ms_per_token": {str(r["T"]): r.get("ms_per_token", r.get("status")) for r in benches.get("bench_decode", [])
+                             if r["model"] == name},
+            "peak_mib": {str(r["T"]): r.get("peak_mib", r.get("status")) for r in benches.get("bench_memory", [])
+                         if r["model"] == name},
+            "step_ms": {str(r["T"]): r.get("ms", r.get("status")) for r in benches.get("bench_memory", []) if r["model"] == name},
+        }
+    env = runs[0].get("environment", {})
+    write_json(root / "bakeoff.json", {"models": models, "environment": env, "param_matching": matching})
+    write_report_md(root, models, env)
+    plot_report(root, by_model, models, benches)
+    print((root / "bakeoff.md").read_text())
+    return models
+
+
+def write_report_md(root, models, env):
+    lines = [f"# Bake-off: {root}", "",
+             f"Hardware: {env.get('gpu') or 'CPU (' + str(env.get('cpu_threads')) + ' threads)'}; torch {env.get('torch')}, "
+             f"triton {env.get('triton', '–')}, commit {env.get('git_commit')}. Made by `python train_runner.py` "
+             "(stage bakeoff); each run's config is in runs/*/metrics.json.", "",
+             "| model | params | best LR | best val (± std) | final val | ppl | seeds | tokens/s | MFU | kernels | runs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in models.items():
+        sd = f" ± {m['best_val_loss_std']:.4f}" if m["seeds"] > 1 else ""
+        lines.append(f"| {name} | {fmt(m['params'], ',')} | {fmt(m['best_lr'], 'g')} | {fmt(m['best_val_loss'])}{sd} | "
+                     f"{fmt(m['final_val_loss'])} | {fmt(m['val_perplexity'], '.2f')} | {m['seeds']} | "
+                     f"{fmt(m['tokens_per_sec'], ',.0f')} | {fmt(m['mfu'] and 100 * m['mfu'], '.1f')}{'%' if m['mfu'] else ''} | "
+                     f"{', '.join(m['kernel_path'])} | {', '.join(f'{v} {k}' for k, v in m['status'].items())} |")
+    for key, title, spec in (("ms_per_token", "Decoding, ms/token at batch 1, by context length", ".3f"),
+                             ("step_ms", "One training step (fwd+bwd+AdamW), ms, by sequence length", ".1f"),
+                             ("peak_mib", "Peak memory of that step, MiB, by sequence length", ".0f")):
+        lens = sorted({int(t) for m in models.values() for t in m[key]})
+        if key == "peak_mib" and not any(isinstance(v, float) for m in models.values() for v in m[key].values()):
+            lines += ["", "Peak memory is measured on CUDA only (torch has no allocator statistics for the CPU)."]
+            continue
+        if not lens:
+            continue
+        lines += ["", f"## {title}", "", "| model | " + " | ".join(f"{t:,}" for t in lens) + " |",
+                  "|---" * (len(lens) + 1) + "|"]
+        for name, m in models.items():
+            cells = [m[key].get(str(t)) for t in lens]
+            lines.append(f"| {name} | " + " | ".join(c if isinstance(c, str) else fmt(c, spec) for c in cells) + " |")
+    atomic_write(root / "bakeoff.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+
+
+def plot_report(root, by_model, models, benches):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def save(fig, name):
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        atomic_write(root / "plots" / name, lambda f: f.write(buf.getvalue()))
+
+    best_runs = {name: next((m for m in by_model[name] if m["config"]["learning_rate"] == models[name]["best_lr"]), None)
+                 for name in models}
+    best_runs = {k: v for k, v in best_runs.items() if v and v.get("curves", {}).get("val")}
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, m in best_runs.items():
+        a.plot([r[0] for r in m["curves"]["train"]], [r[1] for r in m["curves"]["train"]], label=name)
+        b.plot([r[0] for r in m["curves"]["val"]], [r[2] for r in m["curves"]["val"]], label=name)
+    for ax, title in ((a, "train loss"), (b, "val loss")):
+        ax.set(xlabel="iteration", title=f"{title} (best LR, first seed)")
+        ax.legend(fontsize=8)
+    save(fig, "loss_curves.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = [n for n in models if models[n]["best_val_loss"] is not None]
+    best = [models[n]["best_val_loss"] for n in names]
+    ax.bar(names, best, yerr=[models[n]["best_val_loss_std"] for n in names], capsize=4)
+    ax.set(ylabel="best val loss (mean ± std over seeds)", ylim=(min(best or [0]) * 0.95, None))
+    ax.tick_params(axis="x", rotation=30)
+    save(fig, "final_val_loss.png")
+
+    for name_png, xkey, xlabel in (("ppl_vs_flops.png", "flops", "training FLOPs"),
+                                   ("ppl_vs_wallclock.png", "seconds", "wall-clock seconds")):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, m in best_runs.items():
+            rows = [r for r in m["curves"]["val"] if r[0] > 0 and (xkey == "flops" or len(r) > 3)]
+            xs = [r[0] * m["flops_per_iter"] if xkey == "flops" else r[3] for r in rows]
+            ax.plot(xs, [math.exp(r[2]) for r in rows], marker=".", label=name)
+        ax.set(xlabel=xlabel, ylabel="val perplexity", xscale="log" if xkey == "flops" else "linear")
+        ax.legend(fontsize=8)
+        save(fig, name_png)
+
+    for stage, key, png, ylabel in (("bench_decode", "ms_per_token", "latency_vs_context.png", "ms/token (batch 1)"),
+                                    ("bench_memory", "peak_mib", "memory_vs_T.png", "peak MiB, one training step")):
+        rows = benches.get(stage, [])
+        if not any(key in r for r in rows):
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name in dict.fromkeys(r["model"] for r in rows):
+            pts = [(r["T"], r[key]) for r in rows if r["model"] == name and key in r]
+            ax.plot(*zip(*pts), marker="o", label=name)
+            ooms = [r["T"] for r in rows if r["model"] == name and r.get("status") == "OOM"]
+            if ooms:
+                ax.scatter(ooms, [max(p[1] for p in pts)] * len(ooms), marker="x", color="red")
+        ax.set(xlabel="context / sequence length", ylabel=ylabel, xscale="log", yscale="log" if key == "peak_mib" else "linear")
+        ax.legend(fontsize=8)
+        save(fig, png)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, m in models.items():
+        pts = sorted((float(lr), v) for lr, v in m["lr_sweep"].items() if v is not None)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=name)
+    ax.set(xlabel="learning rate", ylabel="best val loss", xscale="log")
+    ax.legend(fontsize=8)
+    save(fig, "lr_sweep.png")
+
+
+def bakeoff(cfg, sweep_paths=(), raw=None):
+    """The main job: the sweep, then decoding latency and the memory wall for its models, then the report."""
+    specs = sweep(cfg, sweep_paths, raw)
+    root = sweep_root(cfg)
+    for stage in ("bench_decode", "bench_memory"):
+        print(f"[bakeoff] {stage}")
+        bench(dict(cfg, stage=stage, out_dir=str(root)), specs=list(specs.items()))
+    return report(cfg)
 
 
 def main(argv):
     paths, raw = parse_argv(argv)
     if not paths:
-        paths = [str(Path(__file__).parent / "config" / "train_shakespeare_char.py")]
+        paths = [str(CONFIG_DIR / "bakeoff.py")]
     cfg = configure(DEFAULTS, paths, raw_overrides=raw)
-    if cfg["stage"] in ("bench_layer", "bench_decode"):
+    stage = cfg["stage"]
+    if stage == "train":
+        return run(cfg)
+    if stage in ("bench_layer", "bench_decode", "bench_memory"):
         return bench(cfg)
-    if cfg["stage"] != "train":
-        raise UserError(f"unknown stage '{cfg['stage']}'; choose train, bench_layer or bench_decode")
-    return run(cfg)
+    if stage in ("sweep", "bakeoff"):
+        return (sweep if stage == "sweep" else bakeoff)(cfg, paths, raw)
+    if stage == "report":
+        return report(cfg)
+    raise UserError(f"unknown stage '{stage}'; choose train, bakeoff, sweep, bench_layer, bench_decode, bench_memory or report")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,18 @@
+# The bake-off: `python train_runner.py` with no arguments. Every model of models_to_test (each one's own
+# config file, e.g. config/train_shakespeare_char_linear.py) is parameter-matched to vanilla, trained at
+# each learning rate and seed, then decoding latency and the memory wall are measured for the same
+# models, and results/<cpu|cuda>/ gets bakeoff.md, bakeoff.json and plots/.
+# This file is applied on top of each model's config, so what it sets here holds for every run.
+stage = "bakeoff"
+models_to_test = "vanilla,rope,linear,sparse,delta,delta_product,nsa"
+learning_rates = "5e-4,1e-3,2e-3"
+seeds = "1337"
+
+if device == "cpu":  # noqa: F821 (train_runner settles `device` before reading this file)
+    # a small profile that finishes on 2 cores in about 15 minutes: the models of each config's CPU
+    # profile (4 layers, 128 wide, context 64), trained briefly
+    max_iters = lr_decay_iters = 300
+    eval_interval, eval_iters, log_interval, warmup_iters = 100, 10, 50, 20
+    seq_lens, decode_lens, tokens_per_batch, trials = "64,256,1024", "64,256,1024", 2048, 3
+else:  # the published experiment: 3 seeds for error bars
+    seeds = "1337,1338,1339"

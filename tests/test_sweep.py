@@ -1,0 +1,123 @@
+"""The bake-off: parameter matching, a resumable sweep that survives bad runs, benchmarks, the report."""
+
+import json
+
+import pytest
+import torch
+from conftest import ROOT
+
+import train_runner
+from train_runner import configure, count_params, match_params, model_settings
+
+FAMILY_CONFIGS = ["vanilla", "rope", "linear", "based", "sparse", "local_global", "strided", "fixed", "topk",
+                  "delta", "gated_delta", "delta_product"]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])  # the CPU profile and the baby GPT (counted on the meta device)
+def test_every_family_is_matched_within_3_percent(device):
+    raw = {"device": device}
+    target = count_params(model_settings("vanilla", [], raw))
+    assert (device == "cuda") == (abs(target - 10.65e6) < 0.05e6)
+    for name in FAMILY_CONFIGS:
+        settings = model_settings(name, [], raw)
+        change, n = match_params(settings, target)
+        assert abs(n / target - 1) <= 0.03, (name, n, target)
+        assert n == count_params(dict(settings, **change))  # counted on the built model, not by formula
+
+
+def test_matching_searches_when_a_family_is_far_off():
+    settings = model_settings("vanilla", [], {"device": "cpu"})
+    change, n = match_params(settings, 2 * count_params(settings))
+    assert change and abs(n / (2 * count_params(settings)) - 1) <= 0.03
+    with pytest.raises(train_runner.UserError, match="no width within 3%"):
+        match_params(settings, 100)
+
+
+@pytest.fixture
+def tiny_sweep(shakespeare, tmp_path):
+    """A sweep config that makes every run tiny, and the resolved sweep settings."""
+    cfg_file = tmp_path / "tiny_sweep.py"
+    cfg_file.write_text(
+        "n_layer, n_head, n_embd, block_size, batch_size = 2, 4, 32, 32, 8\n"
+        "max_iters = lr_decay_iters = 6\neval_interval, eval_iters, log_interval, warmup_iters = 3, 2, 3, 1\n"
+        "learning_rates = '1e-3'\nmodels_to_test = 'vanilla,linear,nsa'\n"
+        "decode_lens, seq_lens, tokens_per_batch, trials = '8,16', '16,32', 64, 1\n")
+    paths = [str(cfg_file)]
+    raw = {"device": "cpu", "sweep_dir": str(tmp_path / "sweep")}
+    return configure(train_runner.DEFAULTS, paths, raw_overrides=raw), paths, raw
+
+
+def test_bakeoff_writes_the_report_and_a_rerun_redoes_nothing(tiny_sweep, capsys):
+    cfg, paths, raw = tiny_sweep
+    models = train_runner.bakeoff(cfg, paths, raw)
+    root = train_runner.sweep_root(cfg)
+    assert list(models) == ["vanilla", "linear"]  # nsa has no config in this checkout: skipped, said
+    assert "skipping nsa" in capsys.readouterr().out
+    report = json.loads((root / "bakeoff.json").read_text())["models"]
+    for name in ("vanilla", "linear"):
+        m = report[name]
+        assert m["best_lr"] == 1e-3 and m["seeds"] == 1 and m["status"] == {"done": 1}
+        assert 0 < m["best_val_loss"] < 4.3 and m["tokens_per_sec"] > 0
+        assert set(m["ms_per_token"]) == {"8", "16"} and set(m["step_ms"]) == {"16", "32"}
+    md = (root / "bakeoff.md").read_text()
+    assert "| model | params | best LR | best val (± std) |" in md and "| vanilla |" in md and "## Decoding" in md
+    for png in ("loss_curves", "final_val_loss", "ppl_vs_flops", "ppl_vs_wallclock", "latency_vs_context", "lr_sweep"):
+        assert (root / "plots" / f"{png}.png").stat().st_size > 1000
+    assert json.loads((root / "param_matching.json").read_text())["skipped"].keys() == {"nsa"}
+
+    stamps = {p: p.stat().st_mtime_ns for p in root.glob("runs/*/*")}
+    train_runner.sweep(cfg, paths, raw)
+    assert capsys.readouterr().out.count("already done, skipped") == 2
+    assert stamps == {p: p.stat().st_mtime_ns for p in root.glob("runs/*/*")}
+
+
+def test_an_interrupted_run_is_resumed(tiny_sweep, capsys):
+    cfg, paths, raw = tiny_sweep
+    cfg = dict(cfg, models_to_test="vanilla")
+    train_runner.sweep(cfg, paths, raw)
+    metrics_path = train_runner.sweep_root(cfg) / "runs" / "vanilla_lr0.001_s1337" / "metrics.json"
+    done = json.loads(metrics_path.read_text())
+    # as if killed after its last checkpoint was written: metrics still say running
+    ckpt_path = metrics_path.parent / "ckpt.pt"
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    assert ckpt["iter_num"] == 6
+    metrics_path.write_text(json.dumps(dict(done, status="running")))
+    capsys.readouterr()
+    train_runner.sweep(cfg, paths, raw)
+    out = capsys.readouterr().out
+    assert "(resuming)" in out and "resuming vanilla" in out
+    assert json.loads(metrics_path.read_text())["status"] == "done"
+
+
+def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tiny_sweep):
+    cfg, paths, raw = tiny_sweep
+    cfg = dict(cfg, models_to_test="vanilla", learning_rates="1e9,1e-3")
+    raw = dict(raw, grad_clip="0.0")
+    train_runner.sweep(cfg, paths, raw)
+    runs = train_runner.sweep_root(cfg) / "runs"
+    assert json.loads((runs / "vanilla_lr1e+09_s1337" / "metrics.json").read_text())["status"] == "diverged"
+    assert json.loads((runs / "vanilla_lr0.001_s1337" / "metrics.json").read_text())["status"] == "done"
+    models = train_runner.report(cfg)
+    assert models["vanilla"]["best_lr"] == 1e-3 and models["vanilla"]["status"] == {"diverged": 1, "done": 1}
+
+
+def test_bench_memory_records_out_of_memory_as_a_row(tmp_path, monkeypatch):
+    cfg = configure(train_runner.DEFAULTS, overrides=dict(models="vanilla", n_embd=32, n_head=4, n_layer=2, trials=1,
+                                                          device="cpu", stage="bench_memory", seq_lens="16,32",
+                                                          tokens_per_batch=64, out_dir=str(tmp_path)))
+    real = train_runner.build_for
+
+    def build_or_fail(settings, block_size, *a, **k):
+        if block_size == 32:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 GB")
+        return real(settings, block_size, *a, **k)
+    monkeypatch.setattr(train_runner, "build_for", build_or_fail)
+    rows = train_runner.bench(cfg)["rows"]
+    assert rows[0]["T"] == 16 and rows[0]["ms"] > 0 and rows[1] == {"model": "vanilla", "T": 32, "status": "OOM"}
+
+
+def test_bakeoff_config_is_the_default_job():
+    cfg = configure(train_runner.DEFAULTS, [str(ROOT / "config" / "bakeoff.py")], raw_overrides={"device": "cpu"})
+    assert cfg["stage"] == "bakeoff" and cfg["max_iters"] == 300 and cfg["seeds"] == "1337"
+    gpu = configure(train_runner.DEFAULTS, [str(ROOT / "config" / "bakeoff.py")], raw_overrides={"device": "cuda"})
+    assert gpu["max_iters"] == 3000 and len(gpu["seeds"].split(",")) == 3  # the model configs' own lengths apply
