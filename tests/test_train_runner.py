@@ -34,13 +34,20 @@ def test_config_file_then_overrides(tmp_path):
     assert configure(train_runner.DEFAULTS, overrides={"n_kv_head": 2})["n_kv_head"] == 2
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("train_*.py")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((ROOT / "config").glob("train_shakespeare_char*.py")), ids=lambda p: p.stem)
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_every_shipped_config_builds(path, device):
     cfg = configure(train_runner.DEFAULTS, [str(path)], overrides={"device": device})
     model = train_runner.build(cfg, vocab_size=65)
     assert type(model) is train_runner.load_family(cfg["model_type"])[0].GPT
     assert model.config.block_size == cfg["block_size"] == (256 if device == "cuda" else 64)
+
+
+def test_long_context_config_goes_on_top_of_a_model_config():
+    paths = [str(ROOT / "config" / "train_shakespeare_char_sparse.py"), str(ROOT / "config" / "train_longctx.py")]
+    cfg = configure(train_runner.DEFAULTS, paths, overrides={"device": "cuda"})
+    assert (cfg["model_type"], cfg["block_size"], cfg["batch_size"], cfg["window"]) == ("sparse", 2048, 8, 64)
+    assert train_runner.build(cfg, vocab_size=65).config.block_size == 2048
 
 
 def test_config_file_sees_the_device(tmp_path):
