@@ -224,10 +224,9 @@ def configure(defaults, config_paths=(), overrides=None, raw_overrides=None, fam
             allowed.setdefault(key, val)
             ns.setdefault(key, presets.get(key, val))
         benchmarked = raw_overrides.get("models", overrides.get("models", ns.get("models", "")))
-        for name in filter(None, str(benchmarked).split(",")):  # benchmarks take every listed family's keys
-            for key, val in family_fields(load_family(name)[0]).items():
+        for name in filter(None, str(benchmarked).split(",")):  # benchmarks take every listed family's keys;
+            for key, val in family_fields(load_family(name)[0]).items():  # unset ones stay each family's default
                 allowed.setdefault(key, val)
-                ns.setdefault(key, val)
     settings = [(k, v, s) for k, (v, s) in from_file.items()]
     settings += [(k, v, "overrides") for k, v in overrides.items()]
     settings += [(k, parse_value(k, v, allowed.get(k)) if k in allowed else v, f"--{k}") for k, v in raw_overrides.items()]
@@ -238,7 +237,7 @@ def configure(defaults, config_paths=(), overrides=None, raw_overrides=None, fam
         ns[key] = check_type(key, val, allowed[key], source)
     if ns.get("device") == "auto":
         ns["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    return {k: ns[k] for k in allowed}
+    return {k: ns[k] for k in allowed if k in ns}
 
 
 # -----------------------------------------------------------------------------
@@ -639,14 +638,16 @@ def split(text, kind=str):
 
 
 def bench_specs(cfg):
-    """(name, settings) for each model_type in --models, with cfg's values for the keys its family has;
-    a family's presets (delta_product's variant) apply where cfg leaves the family default."""
+    """(name, settings) for each model_type in --models. A family takes the values given for its keys;
+    keys left unset (or at the model_type family's default) get its own default, or its preset."""
     specs = []
+    main_defaults = family_fields(load_family(cfg["model_type"])[0])
     for name in split(cfg["models"] or cfg["model_type"]):
         module, presets = load_family(name)
-        defaults = family_fields(module)
         settings = dict(cfg, model_type=name)
-        settings.update({k: v for k, v in presets.items() if cfg.get(k, defaults[k]) == defaults[k]})
+        for key, default in family_fields(module).items():
+            given = key in cfg and not (name != cfg["model_type"] and cfg[key] == main_defaults.get(key, object()))
+            settings[key] = cfg[key] if given else presets.get(key, default)
         specs.append((name, settings))
     return specs
 

@@ -121,3 +121,15 @@ def test_bakeoff_config_is_the_default_job():
     assert cfg["stage"] == "bakeoff" and cfg["max_iters"] == 300 and cfg["seeds"] == "1337"
     gpu = configure(train_runner.DEFAULTS, [str(ROOT / "config" / "bakeoff.py")], raw_overrides={"device": "cuda"})
     assert gpu["max_iters"] == 3000 and len(gpu["seeds"].split(",")) == 3  # the model configs' own lengths apply
+
+
+def specs_for(**raw):
+    return dict(train_runner.bench_specs(configure(train_runner.DEFAULTS, raw_overrides=raw)))
+
+
+def test_benchmarked_families_keep_their_own_defaults():
+    specs = specs_for(models="linear,sparse,delta_product")
+    assert (specs["linear"]["window"], specs["sparse"]["window"]) == (0, 64)  # the same key, each family's default
+    assert specs["delta_product"]["variant"] == "gated_deltaproduct"  # the registry's preset
+    given = specs_for(models="linear,sparse", window="8")
+    assert given["linear"]["window"] == given["sparse"]["window"] == 8
