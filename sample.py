@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from model import generate_by_recompute
-from train_runner import UserError, configure, load_meta, model_from_checkpoint, parse_argv, read_checkpoint
+from train_runner import UserError, codec, configure, model_from_checkpoint, parse_argv, read_checkpoint
 
 # -----------------------------------------------------------------------------
 out_dir = "out-shakespeare-char"
@@ -35,22 +35,6 @@ compile = False  # torch.compile the decoding step (fewer, fused kernels per ste
 bench = False  # time decoding without a cache, with it, and with CUDA graphs instead of printing samples
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
-
-
-def codec(ckpt):
-    meta = load_meta(ckpt["config"]["dataset"])
-    if meta is not None:
-        stoi, itos = meta["stoi"], meta["itos"]
-
-        def encode(text):
-            missing = sorted(set(text) - set(stoi))
-            if missing:
-                raise UserError(f"the prompt has characters this model never saw: {''.join(missing)!r}")
-            return [stoi[c] for c in text]
-        return encode, lambda ids: "".join(itos[i] for i in ids)
-    import tiktoken
-    enc = tiktoken.get_encoding("gpt2")
-    return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
 
 
 def timed(fn, device_type):

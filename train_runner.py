@@ -22,9 +22,11 @@ anything is written.
 
 import ast
 import builtins
+import contextlib
 import csv
 import difflib
 import importlib
+import importlib.util
 import io
 import json
 import math
@@ -34,6 +36,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -86,7 +89,8 @@ compile = True  # torch.compile the model for training
 compile_mode = "reduce-overhead"
 seed = 1337
 # what to do: 'train' (one run), 'bakeoff' (sweep, then bench_decode and bench_memory, then report),
-# or one of those parts alone: 'sweep', 'bench_decode', 'bench_memory', 'report', and 'bench_layer'
+# or one of those parts alone: 'sweep', 'bench_decode', 'bench_memory', 'report'; also 'bench_layer',
+# 'eval' and 'inspect' (below)
 stage = "train"
 # the sweep: config files by short name (vanilla = config/train_shakespeare_char.py, x = ..._x.py, or a path)
 models_to_test = "vanilla,rope,linear,sparse,delta,delta_product,nsa"
@@ -100,6 +104,12 @@ seq_lens = "256,1024,4096,16384,65536"  # bench_layer and bench_memory
 tokens_per_batch = 16384  # bench_layer and bench_memory: batch = tokens_per_batch // T
 decode_lens = "128,256,512,1024,4096,16384"  # bench_decode: prompt lengths, batch 1
 trials = 10
+# looking inside: --stage=eval (a checkpoint's val loss) and --stage=inspect (attention maps, entropy,
+# distance, head ablation) on ckpt_path, else out_dir/ckpt.pt, else each sweep model's best run
+ckpt_path = ""
+text = "To be, or not to be, that is the question:"
+ablation_iters = 20  # val batches per ablated head
+local_window = 8  # attention_distance.png: the share of weight on the last this many tokens
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
@@ -286,6 +296,23 @@ def load_meta(dataset_name):
         return _MetaUnpickler(f).load()
 
 
+def codec(ckpt):
+    """(encode, decode) for a checkpoint's dataset: its meta.pkl's characters, else GPT-2's BPE."""
+    meta = load_meta(ckpt["config"]["dataset"])
+    if meta is not None:
+        stoi, itos = meta["stoi"], meta["itos"]
+
+        def encode(text):
+            missing = sorted(set(text) - set(stoi))
+            if missing:
+                raise UserError(f"the prompt has characters this model never saw: {''.join(missing)!r}")
+            return [stoi[c] for c in text]
+        return encode, lambda ids: "".join(itos[i] for i in ids)
+    import tiktoken
+    enc = tiktoken.get_encoding("gpt2")
+    return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
+
+
 def save_checkpoint(path, raw_model, model_type, optimizer, iter_num, best_val_loss, cfg, curves, data_gen):
     ckpt = {
         "format": CKPT_FORMAT,
@@ -356,6 +383,25 @@ def get_batch(tokens, batch_size, block_size, generator):
     ix = torch.randint(len(tokens) - block_size - 1, (batch_size, 1), device=tokens.device, generator=generator)
     window = tokens[ix + torch.arange(block_size + 1, device=tokens.device)]
     return window[:, :-1], window[:, 1:]
+
+
+@torch.no_grad()
+def evaluate(model, data, batch_size, block_size, eval_iters, seed, autocast, before_forward=lambda: None,
+             splits=("train", "val")):
+    """Mean loss over eval_iters batches of each split; the generator is seeded with `seed`, so the
+    batches are the same every time (and the same as training's evaluations with seed = its seed + 1)."""
+    gen = torch.Generator(device=data[splits[0]].device).manual_seed(seed)
+    result = {}
+    for split in splits:
+        total = torch.zeros((), device=data[split].device)
+        for _ in range(eval_iters):
+            X, Y = get_batch(data[split], batch_size, block_size, gen)
+            before_forward()
+            with autocast:
+                _, loss = model(X, Y)
+            total += loss.float()
+        result[split] = (total / eval_iters).item()
+    return result
 
 
 # -----------------------------------------------------------------------------
@@ -511,20 +557,10 @@ def run(cfg, prefix=""):
     if cfg["wandb_log"]:
         tracker = wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"] or cfg["model_type"], config=cfg)
 
-    @torch.no_grad()
     def estimate_loss():
         model.eval()
-        gen = torch.Generator(device=device).manual_seed(cfg["seed"] + 1)  # the same eval batches every time
-        result = {}
-        for split in ("train", "val"):
-            total = torch.zeros((), device=device)
-            for _ in range(cfg["eval_iters"]):
-                X, Y = get_batch(data[split], cfg["batch_size"], cfg["block_size"], gen)
-                new_step()
-                with autocast:
-                    _, loss = model(X, Y)
-                total += loss.float()
-            result[split] = (total / cfg["eval_iters"]).item()
+        result = evaluate(model, data, cfg["batch_size"], cfg["block_size"], cfg["eval_iters"], cfg["seed"] + 1,
+                          autocast, new_step)
         model.train()
         return result
 
@@ -1041,6 +1077,246 @@ def plot_report(root, by_model, models, benches):
     save(fig, "lr_sweep.png")
 
 
+# -----------------------------------------------------------------------------
+# looking inside a model: evaluation of a checkpoint, attention maps, head ablation
+
+def is_distribution(att, tol=1e-3):
+    """Whether every row of a map is a probability distribution (softmax, normalised linear attention).
+    The delta rule's implied map is a signed mixing matrix: rows need not sum to 1 or stay >= 0."""
+    return bool(att.min() >= -tol and (att.sum(-1) - 1).abs().max() <= tol)
+
+
+def attention_entropy(att):
+    """[..., T, T] rows that are distributions -> mean entropy per row, in nats, over the rows: [...]."""
+    p = att.clamp_min(0)
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1).mean(-1)
+
+
+def attention_distance(att):
+    """Mean distance i - j under each row's weights, averaged over rows: [...]."""
+    T = att.shape[-1]
+    i = torch.arange(T, device=att.device)
+    return (att * (i[:, None] - i[None, :]).clamp_min(0)).sum(-1).mean(-1)
+
+
+def local_ratio(att, window):
+    """Share of each row's weight on the last `window` positions (itself included), averaged over rows."""
+    T = att.shape[-1]
+    i = torch.arange(T, device=att.device)
+    near = ((i[:, None] - i[None, :]) < window) & (i[None, :] <= i[:, None])
+    return (att * near).sum(-1).mean(-1)
+
+
+class ablated:
+    """with ablated(model, layer, head): that head's output is zero (head=None: the layer's whole attention)."""
+
+    def __init__(self, model, layer, head=None):
+        self.attn, self.head, self.n_head = model.transformer.h[layer].attn, head, model.config.n_head
+
+    def _zero_head(self, module, args):  # c_proj's input is the heads side by side: [B, T, H·Dv]
+        x = args[0].unflatten(-1, (self.n_head, -1)).clone()
+        x[..., self.head, :] = 0
+        return (x.flatten(-2),)
+
+    def __enter__(self):
+        if self.head is None:
+            self.hook = self.attn.register_forward_hook(lambda m, a, out: (torch.zeros_like(out[0]), out[1]))
+        else:
+            self.hook = self.attn.c_proj.register_forward_pre_hook(self._zero_head)
+        return self
+
+    def __exit__(self, *exc):
+        self.hook.remove()
+
+
+def load_for_analysis(ckpt_path, device, dataset=None):
+    """(model in eval mode, checkpoint, data) for a checkpoint, on its own dataset unless told another."""
+    ckpt = read_checkpoint(ckpt_path)
+    model = model_from_checkpoint(ckpt, ckpt_path).to(device).eval()
+    dataset = dataset or ckpt["config"]["dataset"]
+    vocab = dataset_vocab(dataset)
+    if vocab != model.config.vocab_size:
+        raise UserError(f"dataset '{dataset}' has {vocab} tokens but {ckpt_path} was trained on {model.config.vocab_size}")
+    return model, ckpt, load_tokens(dataset, model.config.block_size, device)
+
+
+def eval_checkpoint(cfg, dataset=None):
+    """Val (and train) loss of a checkpoint with the evaluation its training used: same batch size,
+    context, number of batches and batch seed. Writes eval_<dataset>.json beside the checkpoint."""
+    path = Path(cfg["ckpt_path"] or Path(cfg["out_dir"]) / "ckpt.pt")
+    model, ckpt, data = load_for_analysis(path, cfg["device"], dataset)
+    c = ckpt["config"]
+    losses = evaluate(model, data, c["batch_size"], c["block_size"], c["eval_iters"], c["seed"] + 1, contextlib.nullcontext())
+    result = {"checkpoint": str(path), "model_type": ckpt["model_type"], "iter": ckpt["iter_num"],
+              "dataset": dataset or c["dataset"], "val_loss": losses["val"], "train_loss": losses["train"],
+              "val_perplexity": math.exp(losses["val"]), "best_val_loss_at_training": ckpt["best_val_loss"],
+              "environment": environment()}
+    write_json(path.parent / f"eval_{result['dataset']}.json", result)
+    print(f"{path}: {ckpt['model_type']} at iter {ckpt['iter_num']}, {result['dataset']}: val loss {losses['val']:.4f} "
+          f"(ppl {result['val_perplexity']:.2f}), train loss {losses['train']:.4f}")
+    return result
+
+
+def inspect_targets(cfg):
+    """{name: checkpoint} to inspect: ckpt_path, else out_dir/ckpt.pt, else the best run of each sweep model."""
+    if cfg["ckpt_path"]:
+        return {Path(cfg["ckpt_path"]).parent.name: Path(cfg["ckpt_path"])}
+    if (Path(cfg["out_dir"]) / "ckpt.pt").exists():
+        return {Path(cfg["out_dir"]).name: Path(cfg["out_dir"]) / "ckpt.pt"}
+    best = {}
+    for p in sweep_root(cfg).glob("runs/*/metrics.json"):
+        m = json.loads(p.read_text())
+        if m.get("best_val_loss") is not None and (p.parent / "ckpt.pt").exists():
+            name = run_name(m)
+            if name not in best or m["best_val_loss"] < best[name][0]:
+                best[name] = (m["best_val_loss"], p.parent / "ckpt.pt")
+    if not best:
+        raise UserError(f"nothing to inspect: no --ckpt_path, no {cfg['out_dir']}/ckpt.pt, "
+                        f"no checkpoints under {sweep_root(cfg)}/runs")
+    order = {n: i for i, n in enumerate(split(cfg["models_to_test"]))}
+    return {name: best[name][1] for name in sorted(best, key=lambda n: (order.get(n, len(order)), n))}
+
+
+def inspect(cfg, dataset=None):
+    """Attention maps, entropy, distance and head ablation of one checkpoint or each sweep model's best,
+    as PNGs and JSON in <folder>/inspect/ (folder: the checkpoint's, or the sweep's)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = inspect_targets(cfg)
+    single = cfg["ckpt_path"] or (Path(cfg["out_dir"]) / "ckpt.pt").exists()
+    folder = (next(iter(targets.values())).parent if single else sweep_root(cfg)) / "inspect"
+    found, summary = {}, {}
+    for name, path in targets.items():
+        model, ckpt, data = load_for_analysis(path, cfg["device"], dataset)
+        encode, _ = codec(ckpt)
+        ids = encode(cfg["text"])[: model.config.block_size]
+        if not ids:
+            raise UserError("--text is empty: give some text to look at")
+        idx = torch.tensor([ids], device=cfg["device"])
+        with torch.no_grad():
+            _, _, maps = model(idx, return_attn=True)
+        maps = [None if a is None else a[0].float().cpu() for a in maps]  # per layer [H, T, T]
+        dist = [a is not None and is_distribution(a) for a in maps]
+        c = ckpt["config"]
+        base = evaluate(model, data, c["batch_size"], c["block_size"], cfg["ablation_iters"], c["seed"] + 1,
+                        contextlib.nullcontext(), splits=("val",))["val"]
+        L, H = model.config.n_layer, model.config.n_head
+        increase = torch.zeros(L, H + 1)
+        for layer in range(L):
+            for head in [*range(H), None]:
+                with ablated(model, layer, head):
+                    loss = evaluate(model, data, c["batch_size"], c["block_size"], cfg["ablation_iters"], c["seed"] + 1,
+                                    contextlib.nullcontext(), splits=("val",))["val"]
+                increase[layer, H if head is None else head] = loss - base
+        found[name] = (maps, dist, increase, ids)
+        summary[name] = {
+            "checkpoint": str(path), "model_type": ckpt["model_type"], "val_loss": base,
+            "maps_are_distributions": dist,
+            "entropy": [attention_entropy(a).tolist() if d else None for a, d in zip(maps, dist)],
+            "distance": [attention_distance(a).mean().item() if d else None for a, d in zip(maps, dist)],
+            "local_ratio": [local_ratio(a, cfg["local_window"]).mean().item() if d else None for a, d in zip(maps, dist)],
+            "ablation_val_loss_increase": {"per_head": increase[:, :H].tolist(), "whole_layer": increase[:, H].tolist()},
+        }
+        print(f"[inspect] {name}: val loss {base:.4f}; the head that matters most: layer "
+              f"{int(increase[:, :H].argmax()) // H}, head {int(increase[:, :H].argmax()) % H} "
+              f"(+{increase[:, :H].max():.4f} without it)")
+
+    def save(fig, png):
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        atomic_write(folder / png, lambda f: f.write(buf.getvalue()))
+
+    def no_map(ax, why):
+        ax.text(0.5, 0.5, textwrap.fill(why, 28), ha="center", va="center", fontsize=7)
+        ax.set_axis_off()
+
+    def show(ax, a, distribution):  # a signed map gets a diverging scale centred on 0
+        m = a.abs().max().item() or 1.0
+        ax.imshow(a, cmap="viridis") if distribution else ax.imshow(a, cmap="RdBu_r", vmin=-m, vmax=m)
+
+    names = list(found)
+    L = max(len(found[n][0]) for n in names)
+    fig, axes = plt.subplots(len(names), L, figsize=(2.2 * L, 2.3 * len(names)), squeeze=False)
+    for r, name in enumerate(names):
+        maps, dist = found[name][0], found[name][1]
+        for layer in range(L):
+            ax = axes[r][layer]
+            if layer >= len(maps) or maps[layer] is None:
+                no_map(ax, "no attention map")
+                continue
+            show(ax, maps[layer].mean(0), dist[layer])
+            ax.set_title(f"{name} L{layer}" + ("" if dist[layer] else "\n(signed mixing, not a distribution)"), fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    save(fig, "attention_patterns.png")
+    for name in names:  # every head of every layer, one file per model
+        maps, dist = found[name][0], found[name][1]
+        H = max(a.shape[0] for a in maps if a is not None)
+        fig, axes = plt.subplots(len(maps), H, figsize=(1.6 * H, 1.6 * len(maps)), squeeze=False)
+        for layer, a in enumerate(maps):
+            for h in range(H):
+                if a is None:
+                    no_map(axes[layer][h], "no map")
+                    continue
+                show(axes[layer][h], a[h], dist[layer])
+                axes[layer][h].set_title(f"L{layer} H{h}", fontsize=6)
+                axes[layer][h].set_axis_off()
+        save(fig, f"attention_patterns_{name}.png")
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ent = summary[name]["entropy"]
+        if not all(e is not None for e in ent):
+            no_map(ax, f"{name}: its maps are not distributions (the delta rule's implied map is a signed "
+                       "mixing matrix), so attention entropy is not defined")
+            continue
+        im = ax.imshow(torch.tensor(ent), cmap="magma")
+        ax.set(title=f"{name}: entropy (nats)", xlabel="head", ylabel="layer")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    save(fig, "attention_entropy.png")
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name in names:
+        if all(d is not None for d in summary[name]["distance"]):
+            a.plot(summary[name]["distance"], marker="o", label=name)
+            b.plot(summary[name]["local_ratio"], marker="o", label=name)
+    a.set(xlabel="layer", ylabel="mean attention distance (tokens)")
+    b.set(xlabel="layer", ylabel=f"weight within the last {cfg['local_window']} tokens")
+    for ax in (a, b):
+        ax.legend(fontsize=8)
+    fig.suptitle("models whose maps are not distributions (delta rule) are left out", fontsize=8)
+    save(fig, "attention_distance.png")
+
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        inc = found[name][2]
+        im = ax.imshow(inc, cmap="Reds")
+        ax.set(title=f"{name}: val loss increase", xlabel="head (last column: whole layer)", ylabel="layer")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    save(fig, "head_ablation.png")
+
+    import model_sparse  # the patterns, drawn from the same predicates the models use
+    T, w = 48, 8
+    masks = {"causal (softmax)": torch.ones(T, T, dtype=torch.bool).tril(),
+             f"sliding_window {w}": model_sparse.sliding_window_mask(T, w),
+             f"local_global {w}+4": model_sparse.local_global_mask(T, w, 4),
+             "strided 8": model_sparse.strided_mask(T, 8), "fixed 8, c=2": model_sparse.fixed_mask(T, 8, 2)}
+    fig, axes = plt.subplots(1, len(masks) + 1, figsize=(2.6 * (len(masks) + 1), 2.9))
+    for ax, (title, mask) in zip(axes, masks.items()):
+        ax.imshow(mask, cmap="Greys")
+        ax.set_title(title, fontsize=8)
+        ax.set_axis_off()
+    no_map(axes[-1], "NSA's selection: " + ("not drawn yet" if importlib.util.find_spec("model_nsa")
+                                              else "model_nsa.py is not in this checkout yet"))
+    save(fig, "attention_masks.png")
+    write_json(folder / "inspect.json", {"text": cfg["text"], "models": summary, "environment": environment()})
+    return summary
+
+
 def bakeoff(cfg, sweep_paths=(), raw=None):
     """The main job: the sweep, then decoding latency and the memory wall for its models, then the report."""
     specs = sweep(cfg, sweep_paths, raw)
@@ -1065,7 +1341,10 @@ def main(argv):
         return (sweep if stage == "sweep" else bakeoff)(cfg, paths, raw)
     if stage == "report":
         return report(cfg)
-    raise UserError(f"unknown stage '{stage}'; choose train, bakeoff, sweep, bench_layer, bench_decode, bench_memory or report")
+    if stage in ("eval", "inspect"):  # on the checkpoint's own dataset unless --dataset names another
+        return (eval_checkpoint if stage == "eval" else inspect)(cfg, raw.get("dataset"))
+    raise UserError(f"unknown stage '{stage}'; choose train, bakeoff, sweep, bench_layer, bench_decode, bench_memory, "
+                    "report, eval or inspect")
 
 
 if __name__ == "__main__":
