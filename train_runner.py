@@ -53,10 +53,12 @@ log_interval = 10
 eval_iters = 200
 always_save_checkpoint = False  # False: save only when val loss improves
 init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
-# wandb (optional; WANDB_MODE=offline works)
-wandb_log = False
+# trackers, besides the local files that are always written (any of them at once; README)
+wandb_log = False  # Weights & Biases; WANDB_MODE=offline works
 wandb_project = "attention-lab"
 wandb_run_name = ""  # '' = <model_type>
+mlflow_uri = ""  # e.g. 'sqlite:///mlflow.db' (a local store, no server) or an MLflow server's URL; '' = off
+tensorboard_dir = ""  # event files go to <tensorboard_dir>/<run name>; '' = off
 # data
 dataset = "shakespeare_char"
 gradient_accumulation_steps = 1
@@ -405,6 +407,108 @@ def evaluate(model, data, batch_size, block_size, eval_iters, seed, autocast, be
 
 
 # -----------------------------------------------------------------------------
+# trackers: one small seam between a run (or the sweep, or a benchmark) and wandb / MLflow / TensorBoard
+
+TRACKER_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
+
+
+def trackers_wanted(cfg):
+    return [name for name, on in (("wandb", cfg.get("wandb_log")), ("mlflow", cfg.get("mlflow_uri")),
+                                  ("tensorboard", cfg.get("tensorboard_dir"))) if on]
+
+
+def check_trackers(cfg):
+    """Before anything runs: each tracker switched on must be importable."""
+    for name in trackers_wanted(cfg):
+        module = "torch.utils.tensorboard" if name == "tensorboard" else name
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UserError(f"{name} is switched on but not installed: pip install {TRACKER_PACKAGES[name]}") from None
+
+
+class Tracker:
+    """The trackers a config switches on, for one run. Local files never depend on them: a tracker that
+    fails is reported once and dropped, and the run goes on."""
+
+    def __init__(self, cfg, name, tags=None, group=None):
+        self.live, tags = {}, {k: str(v) for k, v in (tags or {}).items()}
+        params = {k: v for k, v in cfg.items() if isinstance(v, (bool, int, float, str, type(None)))}
+        for kind in trackers_wanted(cfg):
+            self._call(kind, self._start, kind, cfg, name, tags, group, params)
+
+    def _start(self, kind, cfg, name, tags, group, params):
+        if kind == "wandb":
+            import wandb
+            self.live[kind] = wandb.init(project=cfg["wandb_project"], name=name, group=group, config=params,
+                                         tags=[f"{k}={v}" for k, v in tags.items()], reinit="finish_previous")
+        elif kind == "mlflow":
+            import mlflow
+            mlflow.set_tracking_uri(cfg["mlflow_uri"])
+            mlflow.set_experiment(cfg["wandb_project"])
+            run = mlflow.start_run(run_name=name, tags=dict(tags, **({"sweep": group} if group else {})))
+            mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            self.live[kind] = run
+        else:
+            from torch.utils.tensorboard import SummaryWriter
+            self.live[kind] = SummaryWriter(str(Path(cfg["tensorboard_dir"]) / name))
+
+    def _call(self, kind, fn, *args):
+        try:
+            fn(*args)
+        except Exception as e:  # a broken tracker must not cost the run its results
+            print(f"warning: {kind} failed ({type(e).__name__}: {e}); going on with the local files only", file=sys.stderr)
+            self.live.pop(kind, None)
+
+    def log(self, metrics, step):
+        metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
+        for kind, handle in list(self.live.items()):
+            if kind == "wandb":
+                self._call(kind, handle.log, metrics, step)
+            elif kind == "mlflow":
+                import mlflow
+                self._call(kind, mlflow.log_metrics, metrics, step)
+            else:
+                self._call(kind, lambda: [handle.add_scalar(k, v, step) for k, v in metrics.items()])
+
+    def text(self, title, body):
+        for kind, handle in list(self.live.items()):
+            if kind == "tensorboard":
+                self._call(kind, handle.add_text, title, body)
+            elif kind == "mlflow":
+                import mlflow
+                self._call(kind, mlflow.log_text, body, f"{title}.md")
+
+    def artifacts(self, paths):
+        for kind in list(self.live):
+            if kind == "mlflow":
+                import mlflow
+                for p in paths:
+                    self._call(kind, mlflow.log_artifact, str(p))
+            elif kind == "wandb":
+                import wandb
+                for p in paths:
+                    self._call(kind, wandb.save, str(p), str(Path(p).parent))
+
+    def finish(self, summary=None):
+        summary = {k: v for k, v in (summary or {}).items() if isinstance(v, (int, float)) and v is not None}
+        for kind, handle in list(self.live.items()):
+            if kind == "wandb":
+                self._call(kind, lambda: (handle.summary.update(summary), handle.finish()))
+            elif kind == "mlflow":
+                import mlflow
+                self._call(kind, lambda: (mlflow.log_metrics({f"final_{k}": v for k, v in summary.items()}),
+                                          mlflow.end_run()))
+            else:
+                self._call(kind, handle.close)
+        self.live = {}
+
+
+def run_tags(cfg):
+    return {"task": "lm", "family": cfg["model_type"], "longctx": str(cfg["block_size"] >= 1024).lower()}
+
+
+# -----------------------------------------------------------------------------
 # the run
 
 def lr_at(it, cfg):
@@ -475,8 +579,9 @@ def train(config_path=None, overrides=None, argv_overrides=None):
     return run(cfg)
 
 
-def run(cfg, prefix=""):
-    """Train one model from a resolved config (configure()'s output); prefix goes before each log line."""
+def run(cfg, prefix="", group=None):
+    """Train one model from a resolved config (configure()'s output); prefix goes before each log line,
+    group names the sweep a run belongs to (for the trackers)."""
     out = Path(cfg["out_dir"])
     ckpt_path = out / "ckpt.pt"
     if cfg["init_from"] not in ("scratch", "resume"):
@@ -515,11 +620,7 @@ def run(cfg, prefix=""):
             raise UserError(f"{ckpt_path} was trained with other model settings: {', '.join(differ)}; "
                             "resume with the run's own config")
         model = model_from_checkpoint(ckpt, ckpt_path)
-    if cfg["wandb_log"]:
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("wandb_log=True needs wandb: pip install wandb") from None
+    check_trackers(cfg)
 
     torch.manual_seed(cfg["seed"])
     if device_type == "cuda":
@@ -553,9 +654,7 @@ def run(cfg, prefix=""):
     n_params = raw_model.get_num_params()
     print(prefix + f"{cfg['model_type']}: {n_params / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter, "
           f"device {device}, {dtype}, compile={cfg['compile']}, kernels: {', '.join(raw_model.kernel_paths(device_type))}")
-    tracker = None
-    if cfg["wandb_log"]:
-        tracker = wandb.init(project=cfg["wandb_project"], name=cfg["wandb_run_name"] or cfg["model_type"], config=cfg)
+    tracker = Tracker(cfg, cfg["wandb_run_name"] or cfg["model_type"], run_tags(cfg), group)
 
     def estimate_loss():
         model.eval()
@@ -602,13 +701,12 @@ def run(cfg, prefix=""):
             losses = estimate_loss()
             print(prefix + f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
-                metrics("diverged")
+                tracker.finish(metrics("diverged"))
                 raise TrainingDiverged(f"loss became {losses['val']} by iter {iter_num}; the last good checkpoint "
                                        f"is kept. Lower learning_rate (now {cfg['learning_rate']}) or raise warmup_iters")
             if not curves["val"] or curves["val"][-1][0] != iter_num:
                 curves["val"].append([iter_num, losses["train"], losses["val"], seconds_before + time.time() - t_start])
-            if tracker:
-                tracker.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+            tracker.log({"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}, iter_num)
             if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
                 best_val_loss = min(best_val_loss, losses["val"])
                 save_checkpoint(ckpt_path, raw_model, cfg["model_type"], optimizer, iter_num, best_val_loss, cfg,
@@ -640,16 +738,16 @@ def run(cfg, prefix=""):
             curves["train"].append([iter_num, lossf, lr])
             mfu = f", mfu {100 * flops_per_iter / dt / peak:.1f}%" if peak else ""
             print(prefix + f"iter {iter_num}: loss {lossf:.4f}, {dt * 1e3:.2f} ms/iter, {tokens_per_iter / dt:,.0f} tokens/s{mfu}")
+            tracker.log({"train/loss_step": lossf, "ms_per_iter": dt * 1e3, "tokens_per_sec": tokens_per_iter / dt,
+                         **({"mfu": flops_per_iter / dt / peak} if peak else {})}, iter_num)
             if not math.isfinite(lossf):
-                metrics("diverged")
+                tracker.finish(metrics("diverged"))
                 raise TrainingDiverged(f"loss became {lossf} at iter {iter_num}; the last good checkpoint is kept. "
                                        f"Lower learning_rate (now {cfg['learning_rate']}) or raise warmup_iters")
             t0, steps = time.perf_counter(), 0
 
     m = metrics("done")
-    if tracker:
-        tracker.summary.update({k: v for k, v in m.items() if isinstance(v, (int, float))})
-        tracker.finish()
+    tracker.finish(m)
     summary = (f"best val loss {m['best_val_loss']:.4f} (ppl {m['val_perplexity']:.2f}), {m['ms_per_iter']:.2f} ms/iter, "
                f"{m['tokens_per_sec']:,.0f} tokens/s, peak {m['peak_memory_mib']:.0f} MiB, {m['wall_time_s']:.0f} s"
                if m["ms_per_iter"] and m["best_val_loss"] is not None else f"after {iter_num} iters")
@@ -729,6 +827,8 @@ def bench(cfg, specs=None):
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
     specs = specs or bench_specs(cfg)
+    check_trackers(cfg)
+    tracker = Tracker(cfg, stage, {"task": "lm", "stage": stage})
     rows = []
     for T in split(cfg["decode_lens" if stage == "bench_decode" else "seq_lens"], int):
         for name, settings in specs:
@@ -780,8 +880,11 @@ def bench(cfg, specs=None):
             m = None  # free it before the next model
             rows.append(row)
             print(json.dumps(row))
+            tracker.log({f"{name}/{k}": v for k, v in row.items() if k in ("ms", "ms_per_token", "peak_mib")}, T)
     result = {"stage": stage, "rows": rows, "environment": environment(), "config": cfg}
     write_json(Path(cfg["out_dir"]) / f"{stage}.json", result)
+    tracker.artifacts([Path(cfg["out_dir"]) / f"{stage}.json"])
+    tracker.finish()
     return result
 
 
@@ -853,6 +956,7 @@ def sweep(cfg, sweep_paths=(), raw=None):
     Returns {name: matched settings} for the benchmarks. Writes <sweep_dir>/param_matching.{json,md}
     and <sweep_dir>/runs/<model>_lr<lr>_s<seed>/."""
     root, raw = sweep_root(cfg), dict(raw or {})
+    check_trackers(cfg)
     specs, skipped = {}, {}
     for name in split(cfg["models_to_test"]):
         try:
@@ -893,7 +997,7 @@ def sweep(cfg, sweep_paths=(), raw=None):
                        init_from="resume" if resume else "scratch", always_save_checkpoint=True,
                        wandb_run_name=f"{name}_lr{lr:g}_s{seed}")
         try:
-            run(run_cfg, prefix=f"[{k}/{len(runs)} {name}] ")
+            run(run_cfg, prefix=f"[{k}/{len(runs)} {name}] ", group=root.name)
         except TrainingDiverged as e:  # metrics.json already says 'diverged'
             print(f"[sweep] {out.name} diverged: {e}")
         except (torch.OutOfMemoryError, RuntimeError, UserError) as e:
@@ -974,6 +1078,11 @@ def report(cfg):
     write_json(root / "bakeoff.json", {"models": models, "environment": env, "param_matching": matching})
     write_report_md(root, models, env)
     plot_report(root, by_model, models, benches)
+    check_trackers(cfg)
+    tracker = Tracker(cfg, f"bakeoff-{root.name}", {"task": "lm", "stage": "report"}, group=root.name)
+    tracker.text("bakeoff", (root / "bakeoff.md").read_text())
+    tracker.artifacts([root / "bakeoff.md", root / "bakeoff.json", *sorted((root / "plots").glob("*.png"))])
+    tracker.finish()
     print((root / "bakeoff.md").read_text())
     return models
 
