@@ -233,7 +233,7 @@ class DeltaState:
         H, K, V, n = config.n_head, config.k_dim, config.v_dim, config.steps
         wide = torch.float64 if dtype == torch.float64 else torch.float32
         self.S = torch.zeros(batch_size, H, K, V, device=device, dtype=wide)
-        past = max(config.conv_size - 1, 0)
+        past = config.conv_size - 1 if config.use_short_conv else 0  # nothing to remember without convolutions
         self.conv = [torch.zeros(batch_size, c, past, device=device, dtype=wide) for c in (H * K, n * H * K, n * H * V)]
 
 

@@ -112,6 +112,8 @@ ckpt_path = ""
 text = "To be, or not to be, that is the question:"
 ablation_iters = 20  # val batches per ablated head
 local_window = 8  # attention_distance.png: the share of weight on the last this many tokens
+# the recall bake-off (--stage=mqar, config/mqar.py): every family of --models at each of these widths
+mqar_widths = "64,128,256"
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
 
@@ -363,7 +365,12 @@ def model_from_checkpoint(ckpt, path="checkpoint"):
 # data: the whole token stream lives on the device; batches are gathered there
 
 def load_tokens(dataset_name, block_size, device):
+    """A dataset's train and val splits on the device: a token stream per split (train.bin / val.bin),
+    or for a dataset of whole sequences (train.npz / val.npz, e.g. MQAR) a dict of inputs, targets
+    (-1 where the loss ignores a position) and each sequence's slice (seq_len, kv_pairs)."""
     folder = DATA_ROOT / dataset_name
+    if (folder / "train.npz").exists():
+        return {split: load_sequences(folder / f"{split}.npz", block_size, device) for split in ("train", "val")}
     if not (folder / "train.bin").exists() and (folder / "prepare.py").exists() and (folder / "input.txt").exists():
         print(f"preparing {folder} from its input.txt")
         subprocess.run([sys.executable, str(folder / "prepare.py")], check=True)
@@ -381,10 +388,41 @@ def load_tokens(dataset_name, block_size, device):
     return splits
 
 
-def get_batch(tokens, batch_size, block_size, generator):
-    ix = torch.randint(len(tokens) - block_size - 1, (batch_size, 1), device=tokens.device, generator=generator)
-    window = tokens[ix + torch.arange(block_size + 1, device=tokens.device)]
+def load_sequences(path, block_size, device):
+    if not path.exists():
+        raise UserError(f"{path} is missing: run `python {path.parent.relative_to(DATA_ROOT.parent)}/prepare.py` first")
+    with np.load(path) as f:
+        data = {k: torch.from_numpy(f[k].astype(np.int64)).to(device) for k in ("inputs", "targets", "seq_len", "kv_pairs")}
+    if data["inputs"].shape[1] > block_size:
+        raise UserError(f"{path} has sequences of {data['inputs'].shape[1]} tokens: raise --block_size to at least that")
+    return data
+
+
+def get_batch(data, batch_size, block_size, generator):
+    """(inputs, targets) [batch_size, T]: random windows of a token stream, or random whole sequences."""
+    if isinstance(data, dict):
+        ix = torch.randint(len(data["inputs"]), (batch_size,), device=data["inputs"].device, generator=generator)
+        return data["inputs"][ix], data["targets"][ix]
+    ix = torch.randint(len(data) - block_size - 1, (batch_size, 1), device=data.device, generator=generator)
+    window = data[ix + torch.arange(block_size + 1, device=data.device)]
     return window[:, :-1], window[:, 1:]
+
+
+@torch.no_grad()
+def recall_accuracy(model, data, batch_size, autocast):
+    """Accuracy at the positions with a target (MQAR's queries), per (seq_len, kv_pairs) slice and overall."""
+    hits, counts = {}, {}
+    for s in range(0, len(data["inputs"]), batch_size):
+        X, Y = data["inputs"][s:s + batch_size], data["targets"][s:s + batch_size]
+        with autocast:
+            logits, _ = model(X)
+        right = ((logits.argmax(-1) == Y) & (Y >= 0)).sum(1)
+        for L, kv, r, n in zip(data["seq_len"][s:s + batch_size].tolist(), data["kv_pairs"][s:s + batch_size].tolist(),
+                               right.tolist(), (Y >= 0).sum(1).tolist()):
+            hits[(L, kv)] = hits.get((L, kv), 0) + r
+            counts[(L, kv)] = counts.get((L, kv), 0) + n
+    acc = {f"{L}x{kv}": hits[(L, kv)] / counts[(L, kv)] for L, kv in sorted(counts)}
+    return dict(acc, all=sum(hits.values()) / max(1, sum(counts.values())))
 
 
 @torch.no_grad()
@@ -392,10 +430,11 @@ def evaluate(model, data, batch_size, block_size, eval_iters, seed, autocast, be
              splits=("train", "val")):
     """Mean loss over eval_iters batches of each split; the generator is seeded with `seed`, so the
     batches are the same every time (and the same as training's evaluations with seed = its seed + 1)."""
-    gen = torch.Generator(device=data[splits[0]].device).manual_seed(seed)
+    split0 = data[splits[0]]
+    gen = torch.Generator(device=(split0["inputs"] if isinstance(split0, dict) else split0).device).manual_seed(seed)
     result = {}
     for split in splits:
-        total = torch.zeros((), device=data[split].device)
+        total = torch.zeros((), device=gen.device)
         for _ in range(eval_iters):
             X, Y = get_batch(data[split], batch_size, block_size, gen)
             before_forward()
@@ -670,6 +709,8 @@ def run(cfg, prefix="", group=None):
         m = {
             "status": status, "model_type": cfg["model_type"], "params": n_params, "iters": iter_num,
             "best_val_loss": best_val_loss if math.isfinite(best_val_loss) else None,
+            **({"val_accuracy": curves["val_accuracy"][-1][1], "best_val_accuracy": max(a for _, a in curves["val_accuracy"]),
+                "val_accuracy_by_slice": accuracy} if curves.get("val_accuracy") else {}),
             "final_val_loss": val[-1] if val else None,
             "final_train_loss": curves["val"][-1][1] if curves["val"] else None,
             "val_perplexity": math.exp(best_val_loss) if math.isfinite(best_val_loss) else None,
@@ -699,7 +740,14 @@ def run(cfg, prefix="", group=None):
             group["lr"] = lr
         if iter_num % cfg["eval_interval"] == 0 or iter_num == cfg["max_iters"]:
             losses = estimate_loss()
-            print(prefix + f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            recall = ""
+            if isinstance(data["val"], dict):  # whole sequences with targets at some positions (MQAR): accuracy there
+                model.eval()
+                accuracy = recall_accuracy(raw_model, data["val"], cfg["batch_size"], autocast)
+                model.train()
+                curves.setdefault("val_accuracy", []).append([iter_num, accuracy["all"]])
+                recall = f", val accuracy {accuracy['all']:.3f}"
+            print(prefix + f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{recall}")
             if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
                 tracker.finish(metrics("diverged"))
                 raise TrainingDiverged(f"loss became {losses['val']} by iter {iter_num}; the last good checkpoint "
@@ -1117,17 +1165,23 @@ def write_report_md(root, models, env):
     atomic_write(root / "bakeoff.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
+def save_png(fig, path):
+    """Write a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+
+
 def plot_report(root, by_model, models, benches):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     def save(fig, name):
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        atomic_write(root / "plots" / name, lambda f: f.write(buf.getvalue()))
+        save_png(fig, root / "plots" / name)
 
     best_runs = {name: next((m for m in by_model[name] if m["config"]["learning_rate"] == models[name]["best_lr"]), None)
                  for name in models}
@@ -1333,11 +1387,7 @@ def inspect(cfg, dataset=None):
               f"(+{increase[:, :H].max():.4f} without it)")
 
     def save(fig, png):
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        atomic_write(folder / png, lambda f: f.write(buf.getvalue()))
+        save_png(fig, folder / png)
 
     def no_map(ax, why):
         ax.text(0.5, 0.5, textwrap.fill(why, 28), ha="center", va="center", fontsize=7)
@@ -1426,6 +1476,77 @@ def inspect(cfg, dataset=None):
     return summary
 
 
+# -----------------------------------------------------------------------------
+# the recall bake-off: every family at several widths on MQAR (data/mqar), accuracy against state size
+
+def state_bytes(model):
+    """Bytes of decoding state one sequence holds at the model's full context: the floating-point tensors
+    of each layer's cache as allocated (K/V in bf16; linear and delta states are float32 by design)."""
+    total = 0
+    for cache in model.new_caches(1, torch.device("cpu"), torch.bfloat16):
+        for value in vars(cache).values():
+            for tensor in value if isinstance(value, list) else [value]:
+                if torch.is_tensor(tensor) and tensor.is_floating_point():
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def mqar_sweep(cfg):
+    """Train each family of --models at each width of mqar_widths on MQAR; write <sweep_dir>/mqar.md,
+    mqar.json and plots/mqar_*.png. Finished runs are skipped, as in the sweep."""
+    root = sweep_root(cfg)
+    check_trackers(cfg)
+    specs, widths, rows = bench_specs(cfg), split(cfg["mqar_widths"], int), []
+    for k, ((name, settings), width) in enumerate(((s, w) for s in specs for w in widths), 1):
+        out = root / "runs" / f"{name}_d{width}"
+        prior = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+        if prior.get("status") != "done":
+            print(f"[mqar] run {k}/{len(specs) * len(widths)}: {name}, width {width}")
+            run(dict(settings, n_embd=width, out_dir=str(out), stage="train", always_save_checkpoint=True,
+                     init_from="resume" if (out / "ckpt.pt").exists() else "scratch"),
+                prefix=f"[{name} d{width}] ", group=root.name)
+        m = json.loads((out / "metrics.json").read_text())
+        model = model_from_checkpoint(read_checkpoint(out / "ckpt.pt"))
+        rows.append({"model": name, "model_type": settings["model_type"], "width": width, "params": m["params"],
+                     "state_bytes": state_bytes(model), "accuracy": m["val_accuracy_by_slice"],
+                     "kernel_path": m["kernel_path"]})
+    write_json(root / "mqar.json", {"rows": rows, "environment": environment(), "config": cfg})
+    slices = [s for s in rows[0]["accuracy"] if s != "all"]
+    lines = [f"# MQAR recall: {root}", "", "Accuracy at the query positions of the val set, per (sequence length x kv pairs); "
+             "state = bytes of decoding state per sequence at the full context. Made by "
+             "`python train_runner.py config/mqar.py --stage=mqar`.", "",
+             "| model | width | params | state bytes | " + " | ".join(slices) + " | all |", "|---" * (len(slices) + 5) + "|"]
+    lines += [f"| {r['model']} | {r['width']} | {r['params']:,} | {r['state_bytes']:,} | "
+              + " | ".join(f"{r['accuracy'][s]:.3f}" for s in slices) + f" | {r['accuracy']['all']:.3f} |" for r in rows]
+    atomic_write(root / "mqar.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    plot_mqar(root, rows, slices)
+    print("\n".join(lines))
+    return rows
+
+
+def plot_mqar(root, rows, slices):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(slices), figsize=(3.4 * len(slices), 3.2), squeeze=False)
+    for ax, s in zip(axes[0], slices):
+        for name in models:
+            pts = [(r["width"], r["accuracy"][s]) for r in rows if r["model"] == name]
+            ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set(title=f"seq x kv pairs = {s}", xlabel="model width", ylabel="accuracy", xscale="log", ylim=(0, 1.02))
+    axes[0][0].legend(fontsize=7)
+    save_png(fig, root / "plots" / "mqar_accuracy.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in models:
+        pts = [(r["state_bytes"], r["accuracy"]["all"]) for r in rows if r["model"] == name]
+        ax.plot(*zip(*pts), marker="o", label=name)
+    ax.set(xlabel="decoding state per sequence (bytes)", ylabel="MQAR accuracy (all slices)", xscale="log", ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    save_png(fig, root / "plots" / "mqar_state.png")
+
+
 def bakeoff(cfg, sweep_paths=(), raw=None):
     """The main job: the sweep, then decoding latency and the memory wall for its models, then the report."""
     specs = sweep(cfg, sweep_paths, raw)
@@ -1450,10 +1571,12 @@ def main(argv):
         return (sweep if stage == "sweep" else bakeoff)(cfg, paths, raw)
     if stage == "report":
         return report(cfg)
+    if stage == "mqar":
+        return mqar_sweep(cfg)
     if stage in ("eval", "inspect"):  # on the checkpoint's own dataset unless --dataset names another
         return (eval_checkpoint if stage == "eval" else inspect)(cfg, raw.get("dataset"))
     raise UserError(f"unknown stage '{stage}'; choose train, bakeoff, sweep, bench_layer, bench_decode, bench_memory, "
-                    "report, eval or inspect")
+                    "report, eval, inspect or mqar")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,19 @@
+# Multi-query associative recall (data/mqar; Zoology, Arora et al. 2023): 2-layer models, the loss and
+# the accuracy only at the query positions.
+#   python data/mqar/prepare.py                        # (GPU) Zoology's setting; --profile=small for a CPU
+#   python train_runner.py config/mqar.py              # one model: --model_type=...
+#   python train_runner.py config/mqar.py --stage=mqar # every family of `models` at each of mqar_widths
+dataset = "mqar"
+out_dir = "out-mqar"
+models = "vanilla,sparse,linear,delta,delta_product"
+n_layer, n_head, dropout, weight_decay = 2, 2, 0.0, 0.1
+eval_interval, eval_iters, log_interval, warmup_iters = 500, 20, 100, 100
+if device == "cpu":  # noqa: F821 (train_runner settles `device` before reading this file): the small profile
+    block_size, batch_size, n_embd, mqar_widths = 64, 32, 64, "32,64"
+    learning_rate, min_lr, max_iters, lr_decay_iters = 3e-3, 3e-4, 600, 600
+    eval_interval, eval_iters, log_interval, compile = 200, 5, 100, False
+    sweep_dir = "results/mqar-cpu"
+else:
+    block_size, batch_size, n_embd, mqar_widths = 1024, 256, 128, "64,128,256"
+    learning_rate, min_lr, max_iters, lr_decay_iters = 3e-3, 3e-4, 4000, 4000
+    sweep_dir = "results/mqar"
