@@ -77,6 +77,7 @@ class GPTConfig:
     pos_emb: str = "learned"
     attn_impl: str = "sdpa"
     rope_base: float = 10000.0
+    short_conv: int = 0  # > 0: each block's mixer input first passes a causal depthwise conv this wide (ShortConv)
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -94,6 +95,8 @@ class GPTConfig:
             raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}; got '{self.attn_impl}'")
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError(f"rope needs an even head dim; n_embd/n_head = {self.n_embd // self.n_head}")
+        if self.short_conv < 0:
+            raise ValueError(f"short_conv must be >= 0 (0: off), got {self.short_conv}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -279,16 +282,53 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
 
 
+class ShortConv(nn.Module):
+    """h + a causal depthwise convolution of h over the last `size` positions (zero-initialised, so a
+    block starts as without it). Zoology and H3 pair every sequence mixer with one: it hands each
+    position its predecessors, which recall (MQAR) needs before attention can match keys."""
+
+    def __init__(self, channels, size):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(channels, 1, size))
+
+    def forward(self, h, past=None):
+        """h [B, T, C]; past [B, C, size-1]: the inputs before h (decoding), updated in place."""
+        size = self.weight.shape[-1]
+        if past is not None and h.shape[1] == 1:
+            window = torch.cat([past, h.transpose(1, 2).to(past.dtype)], dim=2)
+            past.copy_(window[:, :, 1:])
+            return h + (window * self.weight[:, 0].to(past.dtype)).sum(-1)[:, None].to(h.dtype)
+        ht = h.transpose(1, 2)
+        if past is not None:  # a prefill from position 0: remember its last size-1 inputs
+            past.copy_(F.pad(ht, (size - 1, 0))[:, :, ht.shape[2]:].to(past.dtype))
+        y = F.conv1d(F.pad(ht, (size - 1, 0)), self.weight.to(h.dtype), groups=h.shape[-1])
+        return h + y.transpose(1, 2)
+
+
 class Block(nn.Module):
     def __init__(self, config, attention):
         super().__init__()
         self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.conv = ShortConv(config.n_embd, config.short_conv) if config.short_conv else None
         self.attn = attention
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
+    def new_cache(self, batch_size, device, dtype):
+        """The attention's decoding state, and with a short convolution its last inputs too."""
+        cache = self.attn.new_cache(batch_size, device, dtype)
+        if self.conv is None:
+            return cache
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        return torch.zeros(batch_size, self.conv.weight.shape[0], self.conv.weight.shape[-1] - 1, device=device,
+                           dtype=wide), cache
+
     def forward(self, x, pos, cache=None, return_attn=False):
-        a, att = self.attn(self.ln_1(x), pos, cache, return_attn)
+        h = self.ln_1(x)
+        if self.conv is not None:
+            past, cache = cache if cache is not None else (None, None)
+            h = self.conv(h, past)
+        a, att = self.attn(h, pos, cache, return_attn)
         x = x + a
         return x + self.mlp(self.ln_2(x)), att
 
@@ -363,7 +403,7 @@ class GPT(nn.Module):
 
     def new_caches(self, batch_size, device=None, dtype=None):
         p = self.lm_head.weight
-        return [b.attn.new_cache(batch_size, device or p.device, dtype or p.dtype) for b in self.transformer.h]
+        return [b.new_cache(batch_size, device or p.device, dtype or p.dtype) for b in self.transformer.h]
 
     def step(self, idx, pos, caches):
         """Run idx [B, T] at positions pos [T] through the caches; logits of the last position [B, vocab].

@@ -1482,13 +1482,13 @@ def inspect(cfg, dataset=None):
 def state_bytes(model):
     """Bytes of decoding state one sequence holds at the model's full context: the floating-point tensors
     of each layer's cache as allocated (K/V in bf16; linear and delta states are float32 by design)."""
-    total = 0
-    for cache in model.new_caches(1, torch.device("cpu"), torch.bfloat16):
-        for value in vars(cache).values():
-            for tensor in value if isinstance(value, list) else [value]:
-                if torch.is_tensor(tensor) and tensor.is_floating_point():
-                    total += tensor.numel() * tensor.element_size()
-    return total
+    def walk(x):
+        if torch.is_tensor(x):
+            return x.numel() * x.element_size() if x.is_floating_point() else 0
+        if isinstance(x, (list, tuple)):
+            return sum(walk(v) for v in x)
+        return sum(walk(v) for v in vars(x).values()) if hasattr(x, "__dict__") else 0
+    return walk(model.new_caches(1, torch.device("cpu"), torch.bfloat16))
 
 
 def mqar_sweep(cfg):

@@ -7,6 +7,8 @@ dataset = "mqar"
 out_dir = "out-mqar"
 models = "vanilla,sparse,linear,delta,delta_product"
 n_layer, n_head, dropout, weight_decay = 2, 2, 0.0, 0.1
+short_conv = 4  # as in Zoology, every mixer gets a short convolution: recall needs each position's predecessor
+pos_emb = "none"  # the convolution carries order; every family takes 'none'
 eval_interval, eval_iters, log_interval, warmup_iters = 500, 20, 100, 100
 if device == "cpu":  # noqa: F821 (train_runner settles `device` before reading this file): the small profile
     block_size, batch_size, n_embd, mqar_widths = 64, 32, 64, "32,64"

@@ -172,3 +172,28 @@ def test_gpu_cuda_graph_decoding_equals_eager(pos_emb):
     eager = model.generate(prompt, 100, temperature=0, cuda_graph=False)
     ref = generate_by_recompute(model, prompt, 100, temperature=0)
     assert torch.equal(graphed, eager) and torch.equal(eager, ref)
+
+
+@pytest.mark.parametrize("model_type, kw", [("vanilla", {}), ("vanilla", {"pos_emb": "rope"}), ("linear", {"window": 3}),
+                                            ("sparse", {"window": 5, "pos_emb": "rope"}), ("delta", {})])
+def test_short_conv_decodes_exactly_and_stays_causal(model_type, kw):
+    import train_runner
+    module, _ = train_runner.load_family(model_type)
+    torch.manual_seed(0)
+    m = module.GPT(module.GPTConfig(block_size=16, vocab_size=11, n_layer=2, n_head=4, n_embd=32, short_conv=3, **kw))
+    with torch.no_grad():
+        for block in m.transformer.h:
+            block.conv.weight.normal_()  # it starts at zero (no effect); give it one
+    m = m.double().eval()
+    assert_causal(m)
+    prompt = torch.randint(0, 11, (2, 5))
+    assert torch.equal(m.generate(prompt, 30, temperature=0), generate_by_recompute(m, prompt, 30, temperature=0))
+    # zero weights (its initialisation) make it exactly the model without it
+    without = module.GPT(module.GPTConfig(block_size=16, vocab_size=11, n_layer=2, n_head=4, n_embd=32, **kw)).double().eval()
+    without.load_state_dict({k: v for k, v in m.state_dict().items() if ".conv." not in k})
+    idx = torch.randint(0, 11, (2, 12))
+    assert not torch.equal(m(idx)[0], without(idx)[0])
+    with torch.no_grad():
+        for block in m.transformer.h:
+            block.conv.weight.zero_()
+    assert torch.equal(m(idx)[0], without(idx)[0])
