@@ -1473,6 +1473,16 @@ def inspect(cfg, dataset=None):
                                               else "model_nsa.py is not in this checkout yet"))
     save(fig, "attention_masks.png")
     write_json(folder / "inspect.json", {"text": cfg["text"], "models": summary, "environment": environment()})
+    lines = [f"# Head ablation: val loss increase when one head (or a layer's whole attention) is zeroed, "
+             f"over {cfg['ablation_iters']} val batches", ""]
+    for name in names:
+        inc = found[name][2]
+        H = inc.shape[1] - 1
+        lines += [f"## {name} (val loss {summary[name]['val_loss']:.4f})", "",
+                  "| layer | " + " | ".join(f"head {h}" for h in range(H)) + " | whole layer |", "|---" * (H + 2) + "|"]
+        lines += [f"| {layer} | " + " | ".join(f"{v:+.4f}" for v in row.tolist()) + " |" for layer, row in enumerate(inc)]
+        lines.append("")
+    atomic_write(folder / "head_ablation.md", lambda f: f.write("\n".join(lines).encode()))
     return summary
 
 

@@ -93,5 +93,7 @@ def test_inspect_writes_every_plot(tiny_run, tmp_path):
     for png in ("attention_patterns", f"attention_patterns_{name}", "attention_entropy", "attention_distance",
                 "attention_masks", "head_ablation"):
         assert (out / "inspect" / f"{png}.png").stat().st_size > 2000, png
+    table = (out / "inspect" / "head_ablation.md").read_text()
+    assert "| layer | head 0 | head 1 | head 2 | head 3 | whole layer |" in table and table.count("\n| 1 |") == 1
     with pytest.raises(train_runner.UserError, match="text is empty"):
         train_runner.inspect(dict(cfg, text=""))
