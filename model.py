@@ -8,6 +8,9 @@ Backbone (GPT-2 / nanoGPT, pre-norm):
     h_{l+1} = h'_l + MLP(LayerNorm(h'_l)),      MLP(x) = W_2 GELU(W_1 x), 4x wide
     logits  = LayerNorm(h_L) wteᵀ                (input and output embeddings tied)
 
+With `short_conv` = k > 0 the mixer's input is first u + conv_k(u), u = LayerNorm(h_l): a causal
+depthwise convolution over the last k positions (Zoology / H3's pairing of a mixer with a short conv).
+
 Softmax attention (Vaswani et al. 2017, "Attention Is All You Need"), causal:
 
     Attn(Q, K, V) = softmax(Q Kᵀ / √d + M) V,    M[i, j] = 0 if j <= i else -inf
