@@ -635,6 +635,22 @@ def run(cfg, prefix="", group=None):
     device_type = "cuda" if device.startswith("cuda") else device
     if device_type == "cuda" and not torch.cuda.is_available():
         raise UserError("device='cuda' but this machine has no CUDA GPU: use --device=cpu")
+    # under torchrun: one process per GPU (or CPU process, through gloo); rank 0 alone writes files
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    ddp = "RANK" in os.environ and world > 1
+    if ddp and cfg["gradient_accumulation_steps"] % world:
+        raise UserError(f"gradient_accumulation_steps ({cfg['gradient_accumulation_steps']}) must be a multiple of "
+                        f"the {world} processes, which share the steps of the same global batch")
+    micro_steps = cfg["gradient_accumulation_steps"] // world if ddp else cfg["gradient_accumulation_steps"]
+    master = rank == 0
+    say = print if master else (lambda *a, **k: None)
+    if ddp:
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        if device_type == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
     dtype = cfg["dtype"]
     if dtype == "auto":
         dtype = "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
@@ -667,7 +683,7 @@ def run(cfg, prefix="", group=None):
         torch.backends.cudnn.allow_tf32 = True
     model.to(device)
     optimizer = model.configure_optimizers(cfg["weight_decay"], cfg["learning_rate"], (cfg["beta1"], cfg["beta2"]), device_type)
-    data_gen = torch.Generator(device=device).manual_seed(cfg["seed"])
+    data_gen = torch.Generator(device=device).manual_seed(cfg["seed"] + rank)  # each process its own batches
     iter_num, best_val_loss = 0, float("inf")
     curves = {"train": [], "val": []}  # rows: [iter, loss, lr] and [iter, train_loss, val_loss, seconds]
     if ckpt is not None:
@@ -676,24 +692,28 @@ def run(cfg, prefix="", group=None):
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device_type == "cuda" and ckpt["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        if ckpt["rng"]["data"].numel() == data_gen.get_state().numel():
+        if master and ckpt["rng"]["data"].numel() == data_gen.get_state().numel():
             data_gen.set_state(ckpt["rng"]["data"])
-        print(prefix + f"resuming {cfg['model_type']} from {ckpt_path} at iter {iter_num}")
+        say(prefix + f"resuming {cfg['model_type']} from {ckpt_path} at iter {iter_num}")
         del ckpt
     raw_model = model
     if cfg["compile"]:
         model = torch.compile(model, mode=None if cfg["compile_mode"] == "default" else cfg["compile_mode"])
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device_type == "cuda" else None)
     # compiled with CUDA graphs, each forward starts a new graph step (a no-op in the other modes)
     new_step = torch.compiler.cudagraph_mark_step_begin if cfg["compile"] else (lambda: None)
     autocast = torch.autocast(device_type=device_type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-    tokens_per_iter = cfg["gradient_accumulation_steps"] * cfg["batch_size"] * cfg["block_size"]
+    tokens_per_iter = micro_steps * world * cfg["batch_size"] * cfg["block_size"]  # across all processes
     flops_per_iter = raw_model.estimate_flops_per_token(cfg["block_size"]) * tokens_per_iter
     peak = peak_flops(device_type)
     n_params = raw_model.get_num_params()
-    print(prefix + f"{cfg['model_type']}: {n_params / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter, "
-          f"device {device}, {dtype}, compile={cfg['compile']}, kernels: {', '.join(raw_model.kernel_paths(device_type))}")
-    tracker = Tracker(cfg, cfg["wandb_run_name"] or cfg["model_type"], run_tags(cfg), group)
+    say(prefix + f"{cfg['model_type']}: {n_params / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter, "
+        f"device {device}{f' x {world} processes' if ddp else ''}, {dtype}, compile={cfg['compile']}, "
+        f"kernels: {', '.join(raw_model.kernel_paths(device_type))}")
+    tracker = Tracker(cfg if master else {}, cfg["wandb_run_name"] or cfg["model_type"], run_tags(cfg), group)
 
     def estimate_loss():
         model.eval()
@@ -722,9 +742,10 @@ def run(cfg, prefix="", group=None):
             "wall_time_s": time.time() - t_start, "device": device, "dtype": dtype,
             "config": cfg, "environment": env, "curves": curves,
         }
-        write_json(out / "metrics.json", m)
-        write_csv(out / "losses.csv", ["iter", "loss", "lr"], curves["train"])
-        write_csv(out / "eval.csv", ["iter", "train_loss", "val_loss", "seconds"], curves["val"])
+        if master:
+            write_json(out / "metrics.json", m)
+            write_csv(out / "losses.csv", ["iter", "loss", "lr"], curves["train"])
+            write_csv(out / "eval.csv", ["iter", "train_loss", "val_loss", "seconds"], curves["val"])
         return m
 
     env = environment()
@@ -747,7 +768,7 @@ def run(cfg, prefix="", group=None):
                 model.train()
                 curves.setdefault("val_accuracy", []).append([iter_num, accuracy["all"]])
                 recall = f", val accuracy {accuracy['all']:.3f}"
-            print(prefix + f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{recall}")
+            say(prefix + f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{recall}")
             if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
                 tracker.finish(metrics("diverged"))
                 raise TrainingDiverged(f"loss became {losses['val']} by iter {iter_num}; the last good checkpoint "
@@ -757,19 +778,22 @@ def run(cfg, prefix="", group=None):
             tracker.log({"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}, iter_num)
             if iter_num > 0 and (losses["val"] < best_val_loss or cfg["always_save_checkpoint"]):
                 best_val_loss = min(best_val_loss, losses["val"])
-                save_checkpoint(ckpt_path, raw_model, cfg["model_type"], optimizer, iter_num, best_val_loss, cfg,
-                                curves, data_gen)
+                if master:
+                    save_checkpoint(ckpt_path, raw_model, cfg["model_type"], optimizer, iter_num, best_val_loss, cfg,
+                                    curves, data_gen)
             metrics("running")
             t0, steps = time.perf_counter(), 0
         if iter_num >= cfg["max_iters"]:
             break
 
-        for _ in range(cfg["gradient_accumulation_steps"]):
+        for micro in range(micro_steps):
+            if ddp:  # gradients are averaged across processes once, on the last micro-step (nanoGPT's no_sync)
+                model.require_backward_grad_sync = micro == micro_steps - 1
             X, Y = get_batch(data["train"], cfg["batch_size"], cfg["block_size"], data_gen)
             new_step()
             with autocast:
                 _, loss = model(X, Y)
-            scaler.scale(loss / cfg["gradient_accumulation_steps"]).backward()
+            scaler.scale(loss / micro_steps).backward()
         if cfg["grad_clip"] > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
@@ -780,12 +804,16 @@ def run(cfg, prefix="", group=None):
         steps += 1
 
         if iter_num % cfg["log_interval"] == 0:
+            if ddp:  # the mean over processes of their last micro-batch's loss
+                loss = loss.detach().clone()
+                dist.all_reduce(loss)
+                loss /= world
             lossf = loss.item()  # the one host sync of a logging stretch
             dt = (time.perf_counter() - t0) / steps
             timings.append(dt * 1e3)
             curves["train"].append([iter_num, lossf, lr])
             mfu = f", mfu {100 * flops_per_iter / dt / peak:.1f}%" if peak else ""
-            print(prefix + f"iter {iter_num}: loss {lossf:.4f}, {dt * 1e3:.2f} ms/iter, {tokens_per_iter / dt:,.0f} tokens/s{mfu}")
+            say(prefix + f"iter {iter_num}: loss {lossf:.4f}, {dt * 1e3:.2f} ms/iter, {tokens_per_iter / dt:,.0f} tokens/s{mfu}")
             tracker.log({"train/loss_step": lossf, "ms_per_iter": dt * 1e3, "tokens_per_sec": tokens_per_iter / dt,
                          **({"mfu": flops_per_iter / dt / peak} if peak else {})}, iter_num)
             if not math.isfinite(lossf):
@@ -799,7 +827,9 @@ def run(cfg, prefix="", group=None):
     summary = (f"best val loss {m['best_val_loss']:.4f} (ppl {m['val_perplexity']:.2f}), {m['ms_per_iter']:.2f} ms/iter, "
                f"{m['tokens_per_sec']:,.0f} tokens/s, peak {m['peak_memory_mib']:.0f} MiB, {m['wall_time_s']:.0f} s"
                if m["ms_per_iter"] and m["best_val_loss"] is not None else f"after {iter_num} iters")
-    print(prefix + f"done: {cfg['model_type']} {summary}")
+    say(prefix + f"done: {cfg['model_type']} {summary}")
+    if ddp:
+        dist.destroy_process_group()
     return m
 
 
