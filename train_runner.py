@@ -100,6 +100,8 @@ learning_rates = "5e-4,1e-3,2e-3"  # each run's min_lr is its learning_rate / 10
 seeds = "1337"
 target_params = 0  # 0: the vanilla entry's parameter count; each family is matched to within 3%
 sweep_dir = ""  # '' = results/<cpu or cuda>
+sweep_workers = 0  # processes that share the sweep's runs; 0 = one per visible GPU (one on a CPU)
+sweep_worker = -1  # set by the sweep for each of its workers
 # benchmarks: the sweep's models, or for a benchmark stage alone, --models (model_types with these settings)
 models = ""  # comma-separated model_types; '' = model_type
 seq_lens = "256,1024,4096,16384,65536"  # bench_layer and bench_memory
@@ -1060,6 +1062,10 @@ def sweep(cfg, sweep_paths=(), raw=None):
     print(f"[sweep] parameter matching, target {target:,}:\n" + "\n".join(lines))
 
     runs = [(name, lr, seed) for name in specs for lr in split(cfg["learning_rates"], float) for seed in split(cfg["seeds"], int)]
+    workers = cfg["sweep_workers"] or (torch.cuda.device_count() if cfg["device"].startswith("cuda") else 1)
+    if workers > 1 and cfg["sweep_worker"] < 0:
+        spread(cfg, root, sweep_paths, raw, workers)
+        return specs
     started, trained = time.time(), 0
     for k, (name, lr, seed) in enumerate(runs, 1):
         out = root / "runs" / f"{name}_lr{lr:g}_s{seed}"
@@ -1067,6 +1073,12 @@ def sweep(cfg, sweep_paths=(), raw=None):
         if prior.get("status") in ("done", "diverged", "oom", "failed"):
             print(f"[sweep] run {k}/{len(runs)}: {out.name} already {prior['status']}, skipped")
             continue
+        if cfg["sweep_worker"] >= 0:  # one of several workers: take this run only if no other has
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                os.close(os.open(out / ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
         left = len(runs) - k + 1
         eta = f", sweep ETA {(time.time() - started) / trained * left / 60:.1f} min" if trained else ""
         resume = (out / "ckpt.pt").exists()
@@ -1088,7 +1100,25 @@ def sweep(cfg, sweep_paths=(), raw=None):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         trained += 1
+        (out / ".claimed").unlink(missing_ok=True)
     return specs
+
+
+def spread(cfg, root, sweep_paths, raw, workers):
+    """Run the sweep as `workers` processes, one per GPU (CUDA_VISIBLE_DEVICES), each taking the next
+    run no other has claimed; wait for all of them. Claims left by a killed sweep are cleared first."""
+    for claim in root.glob("runs/*/.claimed"):
+        claim.unlink()
+    args = [*sweep_paths, *(f"--{k}={v}" for k, v in raw.items() if k not in ("stage", "sweep_worker"))]
+    procs = []
+    for i in range(workers):
+        env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": str(i)} if cfg["device"].startswith("cuda") else {}))
+        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args, "--stage=sweep",
+                                       f"--sweep_worker={i}"], env=env))
+    print(f"[sweep] {workers} workers started, one per {'GPU' if cfg['device'].startswith('cuda') else 'process'}")
+    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise UserError(f"sweep worker(s) {failed} failed (their output is above); re-run to resume")
 
 
 # -----------------------------------------------------------------------------

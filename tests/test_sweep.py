@@ -133,3 +133,20 @@ def test_benchmarked_families_keep_their_own_defaults():
     assert specs["delta_product"]["variant"] == "gated_deltaproduct"  # the registry's preset
     given = specs_for(models="linear,sparse", window="8")
     assert given["linear"]["window"] == given["sparse"]["window"] == 8
+
+
+def test_workers_share_the_sweep_and_each_run_is_trained_once(tiny_sweep, capfd):
+    cfg, paths, raw = tiny_sweep
+    cfg = dict(cfg, models_to_test="vanilla,linear", learning_rates="1e-3,2e-3", sweep_workers=2)
+    raw = dict(raw, models_to_test="vanilla,linear", learning_rates="1e-3,2e-3", sweep_workers="2")
+    train_runner.sweep(cfg, paths, raw)
+    runs = train_runner.sweep_root(cfg) / "runs"
+    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in runs.glob("*/metrics.json")}
+    assert statuses == {f"{m}_lr{lr}_s1337": "done" for m in ("vanilla", "linear") for lr in ("0.001", "0.002")}
+    assert not list(runs.glob("*/.claimed"))  # claims are released as runs finish
+    out = capfd.readouterr().out  # the workers' output: each run started by exactly one of them
+    for m in ("vanilla", "linear"):
+        for lr in ("0.001", "0.002"):
+            assert out.count(f": {m} lr={lr} seed=1337") == 1, (m, lr)
+    train_runner.sweep(cfg, paths, raw)  # a second time: every worker finds every run done
+    assert not list(runs.glob("*/.claimed"))
