@@ -963,9 +963,31 @@ def bench(cfg, specs=None):
             tracker.log({f"{name}/{k}": v for k, v in row.items() if k in ("ms", "ms_per_token", "peak_mib")}, T)
     result = {"stage": stage, "rows": rows, "environment": environment(), "config": cfg}
     write_json(Path(cfg["out_dir"]) / f"{stage}.json", result)
+    table = bench_table(stage, rows, device_type)
+    atomic_write(Path(cfg["out_dir"]) / f"{stage}.md", lambda f: f.write(table.encode()))
+    print(table)
     tracker.artifacts([Path(cfg["out_dir"]) / f"{stage}.json"])
     tracker.finish()
     return result
+
+
+def bench_table(stage, rows, device_type):
+    """A benchmark's rows as markdown: one line per model, one column per length (and peak MiB on CUDA)."""
+    key, unit = ("ms_per_token", "ms/token, batch 1") if stage == "bench_decode" else ("ms", "ms, forward+backward" + (
+        " + AdamW" if stage == "bench_memory" else ""))
+    lens = sorted({r["T"] for r in rows})
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cell = {(r["model"], r["T"]): r for r in rows}
+
+    def show(r, k, spec):
+        return "–" if r is None else r.get("status") or (format(r[k], spec) if k in r else "–")
+    head = ["| model | " + " | ".join(f"{t:,}" for t in lens) + " |", "|---" * (len(lens) + 1) + "|"]
+    lines = [f"{stage} ({unit}) by length", "", *head]
+    lines += [f"| {m} | " + " | ".join(show(cell.get((m, t)), key, ".3f") for t in lens) + " |" for m in models]
+    if device_type == "cuda":
+        lines += ["", "peak MiB", "", *head]
+        lines += [f"| {m} | " + " | ".join(show(cell.get((m, t)), "peak_mib", ".0f") for t in lens) + " |" for m in models]
+    return "\n".join(lines) + "\n"
 
 
 # -----------------------------------------------------------------------------

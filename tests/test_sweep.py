@@ -114,6 +114,8 @@ def test_bench_memory_records_out_of_memory_as_a_row(tmp_path, monkeypatch):
     monkeypatch.setattr(train_runner, "build_for", build_or_fail)
     rows = train_runner.bench(cfg)["rows"]
     assert rows[0]["T"] == 16 and rows[0]["ms"] > 0 and rows[1] == {"model": "vanilla", "T": 32, "status": "OOM"}
+    table = (tmp_path / "bench_memory.md").read_text()
+    assert "| model | 16 | 32 |" in table and table.rstrip().endswith("| OOM |")
 
 
 def test_bakeoff_config_is_the_default_job():
