@@ -286,26 +286,26 @@ class MLP(nn.Module):
 
 
 class ShortConv(nn.Module):
-    """h + a causal depthwise convolution of h over the last `size` positions (zero-initialised, so a
-    block starts as without it). Zoology and H3 pair every sequence mixer with one: it hands each
-    position its predecessors, which recall (MQAR) needs before attention can match keys."""
+    """A causal depthwise convolution over time, y_t = Σ_{i<size} w_i x_{t-i}, zero-initialised. Zoology
+    and H3 pair every sequence mixer with one: it hands each position its predecessors, which recall
+    (MQAR) needs before attention can match keys. The delta family convolves its q, k and v with it."""
 
     def __init__(self, channels, size):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(channels, 1, size))
 
-    def forward(self, h, past=None):
-        """h [B, T, C]; past [B, C, size-1]: the inputs before h (decoding), updated in place."""
+    def forward(self, x, past=None):
+        """x [B, T, C]; past [B, C, size-1]: the inputs before x when decoding (a prefill from position 0,
+        or one step), updated in place."""
         size = self.weight.shape[-1]
-        if past is not None and h.shape[1] == 1:
-            window = torch.cat([past, h.transpose(1, 2).to(past.dtype)], dim=2)
+        if past is not None and x.shape[1] == 1:
+            window = torch.cat([past, x.transpose(1, 2).to(past.dtype)], dim=2)
             past.copy_(window[:, :, 1:])
-            return h + (window * self.weight[:, 0].to(past.dtype)).sum(-1)[:, None].to(h.dtype)
-        ht = h.transpose(1, 2)
-        if past is not None:  # a prefill from position 0: remember its last size-1 inputs
-            past.copy_(F.pad(ht, (size - 1, 0))[:, :, ht.shape[2]:].to(past.dtype))
-        y = F.conv1d(F.pad(ht, (size - 1, 0)), self.weight.to(h.dtype), groups=h.shape[-1])
-        return h + y.transpose(1, 2)
+            return (window * self.weight[:, 0].to(past.dtype)).sum(-1)[:, None].to(x.dtype)
+        xt = x.transpose(1, 2)
+        if past is not None:  # a prefill: remember its last size-1 inputs (zeros before the start)
+            past.copy_(F.pad(xt, (size - 1, 0))[:, :, xt.shape[2]:].to(past.dtype))
+        return F.conv1d(F.pad(xt, (size - 1, 0)), self.weight.to(x.dtype), groups=x.shape[-1]).transpose(1, 2)
 
 
 class Block(nn.Module):
@@ -330,7 +330,7 @@ class Block(nn.Module):
         h = self.ln_1(x)
         if self.conv is not None:
             past, cache = cache if cache is not None else (None, None)
-            h = self.conv(h, past)
+            h = h + self.conv(h, past)  # zero weights at first: the block starts as without it
         a, att = self.attn(h, pos, cache, return_attn)
         x = x + a
         return x + self.mlp(self.ln_2(x)), att

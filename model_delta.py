@@ -206,26 +206,6 @@ def fla_kernel(variant):
 # -----------------------------------------------------------------------------
 # the attention module
 
-class ShortConv(nn.Module):
-    """Causal depthwise convolution over time, then SiLU: y_t = silu(Σ_i w_i x_{t-i})."""
-
-    def __init__(self, channels, size):
-        super().__init__()
-        self.size = size
-        self.weight = nn.Parameter(torch.empty(channels, 1, size))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Conv1d's init
-
-    def forward(self, x):  # x [B, T, channels]
-        y = F.conv1d(F.pad(x.transpose(1, 2), (self.size - 1, 0)), self.weight.to(x.dtype), groups=x.shape[-1])
-        return F.silu(y.transpose(1, 2))
-
-    def step(self, x, past):
-        """One token x [B, 1, channels] after past [B, channels, size-1] (updated in place)."""
-        window = torch.cat([past, x.transpose(1, 2).to(past.dtype)], dim=2)
-        past.copy_(window[:, :, 1:])
-        return F.silu((window * self.weight[:, 0].to(past.dtype)).sum(-1))[:, None].to(x.dtype)
-
-
 class DeltaState:
     """One layer's decoding state: S [B, H, K, V] in float32 and the convolutions' last inputs."""
 
@@ -246,9 +226,10 @@ class DeltaAttention(nn.Module):
         self.k_proj = nn.Linear(C, n * H * K, bias=False)
         self.v_proj = nn.Linear(C, n * H * V, bias=False)
         self.b_proj = nn.Linear(C, n * H, bias=False)
-        if config.use_short_conv:
-            self.q_conv, self.k_conv, self.v_conv = ShortConv(H * K, config.conv_size), \
-                ShortConv(n * H * K, config.conv_size), ShortConv(n * H * V, config.conv_size)
+        if config.use_short_conv:  # the backbone's convolution, with nn.Conv1d's initialisation
+            self.q_conv, self.k_conv, self.v_conv = (model.ShortConv(c, config.conv_size) for c in (H * K, n * H * K, n * H * V))
+            for conv in (self.q_conv, self.k_conv, self.v_conv):
+                nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
         if config.gated:
             self.a_proj = nn.Linear(C, H, bias=False)
             self.g_proj = nn.Linear(C, H * V, bias=False)
@@ -283,16 +264,9 @@ class DeltaAttention(nn.Module):
         B, T, _ = x.shape
         H, n = c.n_head, c.steps
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if c.use_short_conv:
-            convs = (self.q_conv, self.k_conv, self.v_conv)
-            if cache is not None and T == 1:
-                q, k, v = (conv.step(t, past) for conv, t, past in zip(convs, (q, k, v), cache.conv))
-            else:
-                if cache is not None:  # a prefill: remember the last conv_size-1 inputs (zeros before the start)
-                    for t, past in zip((q, k, v), cache.conv):
-                        p = past.shape[2]
-                        past.copy_(F.pad(t.transpose(1, 2), (p, 0))[:, :, -p:] if p else past)
-                q, k, v = (conv(t) for conv, t in zip(convs, (q, k, v)))
+        if c.use_short_conv:  # then SiLU; with a cache, each convolution reads and updates its last inputs
+            convs, pasts = (self.q_conv, self.k_conv, self.v_conv), cache.conv if cache is not None else (None,) * 3
+            q, k, v = (F.silu(conv(t, past)) for conv, t, past in zip(convs, (q, k, v), pasts))
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32
