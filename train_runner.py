@@ -302,6 +302,11 @@ def load_meta(dataset_name):
         return _MetaUnpickler(f).load()
 
 
+def dataset_vocab(dataset):
+    meta = load_meta(dataset)
+    return meta["vocab_size"] if meta else 50304  # no meta.pkl: GPT-2's 50257, padded to a multiple of 64
+
+
 def codec(ckpt):
     """(encode, decode) for a checkpoint's dataset: its meta.pkl's characters, else GPT-2's BPE."""
     meta = load_meta(ckpt["config"]["dataset"])
@@ -663,8 +668,7 @@ def run(cfg, prefix="", group=None):
 
     # everything that can fail on bad input happens before the first write
     data = load_tokens(cfg["dataset"], cfg["block_size"], device)
-    meta = load_meta(cfg["dataset"])
-    vocab_size = meta["vocab_size"] if meta else 50304  # GPT-2's 50257 padded to a multiple of 64
+    vocab_size = dataset_vocab(cfg["dataset"])
     torch.manual_seed(cfg["seed"])
     model = build(cfg, vocab_size)
     ckpt = read_checkpoint(ckpt_path) if cfg["init_from"] == "resume" else None
@@ -971,6 +975,12 @@ def bench(cfg, specs=None):
     return result
 
 
+def markdown_table(header, rows):
+    """The lines of a markdown table: header, rule, then one line per row of cells."""
+    return ["| " + " | ".join(map(str, header)) + " |", "|---" * len(header) + "|",
+            *("| " + " | ".join(map(str, row)) + " |" for row in rows)]
+
+
 def bench_table(stage, rows, device_type):
     """A benchmark's rows as markdown: one line per model, one column per length (and peak MiB on CUDA)."""
     key, unit = ("ms_per_token", "ms/token, batch 1") if stage == "bench_decode" else ("ms", "ms, forward+backward" + (
@@ -981,12 +991,12 @@ def bench_table(stage, rows, device_type):
 
     def show(r, k, spec):
         return "–" if r is None else r.get("status") or (format(r[k], spec) if k in r else "–")
-    head = ["| model | " + " | ".join(f"{t:,}" for t in lens) + " |", "|---" * (len(lens) + 1) + "|"]
-    lines = [f"{stage} ({unit}) by length", "", *head]
-    lines += [f"| {m} | " + " | ".join(show(cell.get((m, t)), key, ".3f") for t in lens) + " |" for m in models]
+    header = ["model", *(f"{t:,}" for t in lens)]
+    lines = [f"{stage} ({unit}) by length", "",
+             *markdown_table(header, ([m, *(show(cell.get((m, t)), key, ".3f") for t in lens)] for m in models))]
     if device_type == "cuda":
-        lines += ["", "peak MiB", "", *head]
-        lines += [f"| {m} | " + " | ".join(show(cell.get((m, t)), "peak_mib", ".0f") for t in lens) + " |" for m in models]
+        lines += ["", "peak MiB", "",
+                  *markdown_table(header, ([m, *(show(cell.get((m, t)), "peak_mib", ".0f") for t in lens)] for m in models))]
     return "\n".join(lines) + "\n"
 
 
@@ -1009,11 +1019,6 @@ def model_settings(name, sweep_paths, raw):
         raise UserError(f"no config for '{name}' ({path} is missing)")
     raw = {k: v for k, v in raw.items() if k not in ("model_type", "stage")}
     return configure(DEFAULTS, [str(path), *sweep_paths], raw_overrides=raw)
-
-
-def dataset_vocab(dataset):
-    meta = load_meta(dataset)
-    return meta["vocab_size"] if meta else 50304
 
 
 def count_params(settings):
@@ -1047,6 +1052,12 @@ def match_params(settings, target):
     return best[1], best[2]
 
 
+def read_metrics(run_dir):
+    """A run folder's metrics.json, or {} before its first evaluation."""
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def sweep_root(cfg):
     device_type = "cuda" if cfg["device"].startswith("cuda") else "cpu"
     return Path(cfg["sweep_dir"] or Path("results") / device_type)
@@ -1076,9 +1087,9 @@ def sweep(cfg, sweep_paths=(), raw=None):
         table.append({"model": name, "model_type": settings["model_type"], "n_layer": settings["n_layer"],
                       "n_head": settings["n_head"], "n_embd": settings["n_embd"], "params": n,
                       "off_target_pct": 100 * (n / target - 1), "changed": change})
-    lines = ["| model | layers | heads | width | params | off target |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['n_layer']} | {r['n_head']} | {r['n_embd']} | {r['params']:,} | "
-              f"{r['off_target_pct']:+.1f}%{' (matched)' if r['changed'] else ''} |" for r in table]
+    lines = markdown_table(["model", "layers", "heads", "width", "params", "off target"],
+                           ([r["model"], r["n_layer"], r["n_head"], r["n_embd"], f"{r['params']:,}",
+                             f"{r['off_target_pct']:+.1f}%{' (matched)' if r['changed'] else ''}"] for r in table))
     write_json(root / "param_matching.json", {"target": target, "rows": table, "skipped": skipped})
     atomic_write(root / "param_matching.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     print(f"[sweep] parameter matching, target {target:,}:\n" + "\n".join(lines))
@@ -1091,7 +1102,7 @@ def sweep(cfg, sweep_paths=(), raw=None):
     started, trained = time.time(), 0
     for k, (name, lr, seed) in enumerate(runs, 1):
         out = root / "runs" / f"{name}_lr{lr:g}_s{seed}"
-        prior = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+        prior = read_metrics(out)
         if prior.get("status") in ("done", "diverged", "oom", "failed"):
             print(f"[sweep] run {k}/{len(runs)}: {out.name} already {prior['status']}, skipped")
             continue
@@ -1178,6 +1189,10 @@ def report(cfg):
     by_model = {}
     for m in runs:
         by_model.setdefault(run_name(m), []).append(m)
+
+    def by_length(stage, key, name):  # {T: value, or the row's status such as 'OOM'} of one model in a benchmark
+        return {str(r["T"]): r.get(key, r.get("status")) for r in benches.get(stage, []) if r["model"] == name}
+
     models = {}
     for name, ms in by_model.items():
         by_lr = {}
@@ -1198,11 +1213,8 @@ def report(cfg):
             "kernel_path": sorted({p for m in ms for p in m.get("kernel_path") or []}),
             "status": {s: sum(m["status"] == s for m in ms) for s in sorted({m["status"] for m in ms})},
             "lr_sweep": {str(lr): v for lr, v in sorted(lr_best.items())},
-            "ms_per_token": {str(r["T"]): r.get("ms_per_token", r.get("status")) for r in benches.get("bench_decode", [])
-                             if r["model"] == name},
-            "peak_mib": {str(r["T"]): r.get("peak_mib", r.get("status")) for r in benches.get("bench_memory", [])
-                         if r["model"] == name},
-            "step_ms": {str(r["T"]): r.get("ms", r.get("status")) for r in benches.get("bench_memory", []) if r["model"] == name},
+            "ms_per_token": by_length("bench_decode", "ms_per_token", name),
+            "peak_mib": by_length("bench_memory", "peak_mib", name), "step_ms": by_length("bench_memory", "ms", name),
         }
     env = runs[0].get("environment", {})
     write_json(root / "bakeoff.json", {"models": models, "environment": env, "param_matching": matching})
@@ -1221,15 +1233,14 @@ def write_report_md(root, models, env):
     lines = [f"# Bake-off: {root}", "",
              f"Hardware: {env.get('gpu') or 'CPU (' + str(env.get('cpu_threads')) + ' threads)'}; torch {env.get('torch')}, "
              f"triton {env.get('triton', '–')}, commit {env.get('git_commit')}. Made by `python train_runner.py` "
-             "(stage bakeoff); each run's config is in runs/*/metrics.json.", "",
-             "| model | params | best LR | best val (± std) | final val | ppl | seeds | tokens/s | MFU | kernels | runs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in models.items():
-        sd = f" ± {m['best_val_loss_std']:.4f}" if m["seeds"] > 1 else ""
-        lines.append(f"| {name} | {fmt(m['params'], ',')} | {fmt(m['best_lr'], 'g')} | {fmt(m['best_val_loss'])}{sd} | "
-                     f"{fmt(m['final_val_loss'])} | {fmt(m['val_perplexity'], '.2f')} | {m['seeds']} | "
-                     f"{fmt(m['tokens_per_sec'], ',.0f')} | {fmt(m['mfu'] and 100 * m['mfu'], '.1f')}{'%' if m['mfu'] else ''} | "
-                     f"{', '.join(m['kernel_path'])} | {', '.join(f'{v} {k}' for k, v in m['status'].items())} |")
+             "(stage bakeoff); each run's config is in runs/*/metrics.json.", ""]
+    lines += markdown_table(
+        ["model", "params", "best LR", "best val (± std)", "final val", "ppl", "seeds", "tokens/s", "MFU", "kernels", "runs"],
+        ([name, fmt(m["params"], ","), fmt(m["best_lr"], "g"),
+          fmt(m["best_val_loss"]) + (f" ± {m['best_val_loss_std']:.4f}" if m["seeds"] > 1 else ""),
+          fmt(m["final_val_loss"]), fmt(m["val_perplexity"], ".2f"), m["seeds"], fmt(m["tokens_per_sec"], ",.0f"),
+          fmt(m["mfu"] and 100 * m["mfu"], ".1f") + ("%" if m["mfu"] else ""), ", ".join(m["kernel_path"]),
+          ", ".join(f"{v} {k}" for k, v in m["status"].items())] for name, m in models.items()))
     for key, title, spec in (("ms_per_token", "Decoding, ms/token at batch 1, by context length", ".3f"),
                              ("step_ms", "One training step (fwd+bwd+AdamW), ms, by sequence length", ".1f"),
                              ("peak_mib", "Peak memory of that step, MiB, by sequence length", ".0f")):
@@ -1239,17 +1250,24 @@ def write_report_md(root, models, env):
             continue
         if not lens:
             continue
-        lines += ["", f"## {title}", "", "| model | " + " | ".join(f"{t:,}" for t in lens) + " |",
-                  "|---" * (len(lens) + 1) + "|"]
-        for name, m in models.items():
-            cells = [m[key].get(str(t)) for t in lens]
-            lines.append(f"| {name} | " + " | ".join(c if isinstance(c, str) else fmt(c, spec) for c in cells) + " |")
+        cells = {name: [m[key].get(str(t)) for t in lens] for name, m in models.items()}
+        lines += ["", f"## {title}", "", *markdown_table(
+            ["model", *(f"{t:,}" for t in lens)],
+            ([name, *(c if isinstance(c, str) else fmt(c, spec) for c in row)] for name, row in cells.items()))]
     atomic_write(root / "bakeoff.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+
+
+def pyplot():
+    """matplotlib's pyplot on its file backend (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def save_png(fig, path):
     """Write a matplotlib figure atomically and close it."""
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -1258,9 +1276,7 @@ def save_png(fig, path):
 
 
 def plot_report(root, by_model, models, benches):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     def save(fig, name):
         save_png(fig, root / "plots" / name)
@@ -1425,9 +1441,7 @@ def inspect_targets(cfg):
 def inspect(cfg, dataset=None):
     """Attention maps, entropy, distance and head ablation of one checkpoint or each sweep model's best,
     as PNGs and JSON in <folder>/inspect/ (folder: the checkpoint's, or the sweep's)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     targets = inspect_targets(cfg)
     single = cfg["ckpt_path"] or (Path(cfg["out_dir"]) / "ckpt.pt").exists()
@@ -1445,16 +1459,17 @@ def inspect(cfg, dataset=None):
         maps = [None if a is None else a[0].float().cpu() for a in maps]  # per layer [H, T, T]
         dist = [a is not None and is_distribution(a) for a in maps]
         c = ckpt["config"]
-        base = evaluate(model, data, c["batch_size"], c["block_size"], cfg["ablation_iters"], c["seed"] + 1,
-                        contextlib.nullcontext(), splits=("val",))["val"]
+
+        def val_loss():  # over ablation_iters of the batches its training evaluated on
+            return evaluate(model, data, c["batch_size"], c["block_size"], cfg["ablation_iters"], c["seed"] + 1,
+                            contextlib.nullcontext(), splits=("val",))["val"]
+        base = val_loss()
         L, H = model.config.n_layer, model.config.n_head
         increase = torch.zeros(L, H + 1)
         for layer in range(L):
             for head in [*range(H), None]:
                 with ablated(model, layer, head):
-                    loss = evaluate(model, data, c["batch_size"], c["block_size"], cfg["ablation_iters"], c["seed"] + 1,
-                                    contextlib.nullcontext(), splits=("val",))["val"]
-                increase[layer, H if head is None else head] = loss - base
+                    increase[layer, H if head is None else head] = val_loss() - base
         found[name] = (maps, dist, increase, ids)
         summary[name] = {
             "checkpoint": str(path), "model_type": ckpt["model_type"], "val_loss": base,
@@ -1561,9 +1576,8 @@ def inspect(cfg, dataset=None):
         inc = found[name][2]
         H = inc.shape[1] - 1
         lines += [f"## {name} (val loss {summary[name]['val_loss']:.4f})", "",
-                  "| layer | " + " | ".join(f"head {h}" for h in range(H)) + " | whole layer |", "|---" * (H + 2) + "|"]
-        lines += [f"| {layer} | " + " | ".join(f"{v:+.4f}" for v in row.tolist()) + " |" for layer, row in enumerate(inc)]
-        lines.append("")
+                  *markdown_table(["layer", *(f"head {h}" for h in range(H)), "whole layer"],
+                                  ([layer, *(f"{v:+.4f}" for v in row.tolist())] for layer, row in enumerate(inc))), ""]
     atomic_write(folder / "head_ablation.md", lambda f: f.write("\n".join(lines).encode()))
     return summary
 
@@ -1591,13 +1605,13 @@ def mqar_sweep(cfg):
     specs, widths, rows = bench_specs(cfg), split(cfg["mqar_widths"], int), []
     for k, ((name, settings), width) in enumerate(((s, w) for s in specs for w in widths), 1):
         out = root / "runs" / f"{name}_d{width}"
-        prior = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+        prior = read_metrics(out)
         if prior.get("status") != "done":
             print(f"[mqar] run {k}/{len(specs) * len(widths)}: {name}, width {width}")
             run(dict(settings, n_embd=width, out_dir=str(out), stage="train", always_save_checkpoint=True,
                      init_from="resume" if (out / "ckpt.pt").exists() else "scratch"),
                 prefix=f"[{name} d{width}] ", group=root.name)
-        m = json.loads((out / "metrics.json").read_text())
+        m = read_metrics(out)
         model = model_from_checkpoint(read_checkpoint(out / "ckpt.pt"))
         rows.append({"model": name, "model_type": settings["model_type"], "width": width, "params": m["params"],
                      "state_bytes": state_bytes(model), "accuracy": m["val_accuracy_by_slice"],
@@ -1606,10 +1620,10 @@ def mqar_sweep(cfg):
     slices = [s for s in rows[0]["accuracy"] if s != "all"]
     lines = [f"# MQAR recall: {root}", "", "Accuracy at the query positions of the val set, per (sequence length x kv pairs); "
              "state = bytes of decoding state per sequence at the full context. Made by "
-             "`python train_runner.py config/mqar.py --stage=mqar`.", "",
-             "| model | width | params | state bytes | " + " | ".join(slices) + " | all |", "|---" * (len(slices) + 5) + "|"]
-    lines += [f"| {r['model']} | {r['width']} | {r['params']:,} | {r['state_bytes']:,} | "
-              + " | ".join(f"{r['accuracy'][s]:.3f}" for s in slices) + f" | {r['accuracy']['all']:.3f} |" for r in rows]
+             "`python train_runner.py config/mqar.py --stage=mqar`.", ""]
+    lines += markdown_table(["model", "width", "params", "state bytes", *slices, "all"],
+                            ([r["model"], r["width"], f"{r['params']:,}", f"{r['state_bytes']:,}",
+                              *(f"{r['accuracy'][s]:.3f}" for s in [*slices, "all"])] for r in rows))
     atomic_write(root / "mqar.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     plot_mqar(root, rows, slices)
     print("\n".join(lines))
@@ -1617,9 +1631,7 @@ def mqar_sweep(cfg):
 
 
 def plot_mqar(root, rows, slices):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(slices), figsize=(3.4 * len(slices), 3.2), squeeze=False)
