@@ -108,6 +108,11 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
 
+def wide_dtype(dtype):
+    """At least float32: decoding states and long sums of small terms lose them in bf16 (float64 stays)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 # ---------------------------------------------------------------------------
 # Positions: shared helpers any family may use
 # ---------------------------------------------------------------------------
@@ -322,9 +327,8 @@ class Block(nn.Module):
         cache = self.attn.new_cache(batch_size, device, dtype)
         if self.conv is None:
             return cache
-        wide = torch.float64 if dtype == torch.float64 else torch.float32
         return torch.zeros(batch_size, self.conv.weight.shape[0], self.conv.weight.shape[-1] - 1, device=device,
-                           dtype=wide), cache
+                           dtype=wide_dtype(dtype)), cache
 
     def forward(self, x, pos, cache=None, return_attn=False):
         h = self.ln_1(x)

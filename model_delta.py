@@ -211,7 +211,7 @@ class DeltaState:
 
     def __init__(self, batch_size, config, device, dtype):
         H, K, V, n = config.n_head, config.k_dim, config.v_dim, config.steps
-        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        wide = model.wide_dtype(dtype)
         self.S = torch.zeros(batch_size, H, K, V, device=device, dtype=wide)
         past = config.conv_size - 1 if config.use_short_conv else 0  # nothing to remember without convolutions
         self.conv = [torch.zeros(batch_size, c, past, device=device, dtype=wide) for c in (H * K, n * H * K, n * H * V)]
@@ -269,14 +269,14 @@ class DeltaAttention(nn.Module):
             q, k, v = (F.silu(conv(t, past)) for conv, t, past in zip(convs, (q, k, v), pasts))
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+        wide = model.wide_dtype(x.dtype)
         beta = torch.sigmoid(self.b_proj(x).to(wide)).view(B, T * n, H) * (2.0 if c.allow_neg_eigval else 1.0)
         log_alpha = -self.A_log.exp() * F.softplus(self.a_proj(x).to(wide) + self.dt_bias) if c.gated else None
         return (q.view(B, T, H, -1), k.reshape(B, T * n, H, -1), v.reshape(B, T * n, H, -1), beta, log_alpha)
 
     def _reference_inputs(self, q, k, v, beta, log_alpha):
         """The same, L2-normalised and q scaled by 1/√K, in at least float32, as [B, H, T(·n), d]."""
-        wide = torch.float64 if q.dtype == torch.float64 else torch.float32
+        wide = model.wide_dtype(q.dtype)
         q = F.normalize(q.to(wide), dim=-1) / math.sqrt(self.config.k_dim)
         k = F.normalize(k.to(wide), dim=-1)
         q, k, v, beta = (t.transpose(1, 2) for t in (q, k, v.to(wide), beta))

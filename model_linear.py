@@ -48,7 +48,7 @@ EPS = 1e-6
 
 def wide(x):
     """At least float32: sums of many positive terms lose the small ones in bf16 (float64 stays float64)."""
-    return x if x.dtype == torch.float64 else x.float()
+    return x.to(model.wide_dtype(x.dtype))
 
 
 def with_ones(v):
@@ -172,7 +172,7 @@ class LinearState:
 
     def __init__(self, batch_size, config, device, dtype):
         H, Fd, D, w = config.n_head, config.feature_dim, config.head_dim, config.window
-        wide_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        wide_dtype = model.wide_dtype(dtype)
         self.S = torch.zeros(batch_size, H, Fd, D + 1, device=device, dtype=wide_dtype)
         if w:
             self.ring_k = torch.zeros(batch_size, H, w, config.key_dim, device=device, dtype=dtype)
