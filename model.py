@@ -96,8 +96,8 @@ class GPTConfig:
             raise ValueError(f"pos_emb must be one of {', '.join(POS_EMBS)}; got '{self.pos_emb}'")
         if self.attn_impl not in ATTN_IMPLS:
             raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}; got '{self.attn_impl}'")
-        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"rope needs an even head dim; n_embd/n_head = {self.n_embd // self.n_head}")
+        if self.pos_emb == "rope" and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head dim; got {self.head_dim}")
         if self.short_conv < 0:
             raise ValueError(f"short_conv must be >= 0 (0: off), got {self.short_conv}")
         if not 0.0 <= self.dropout < 1.0:
@@ -201,7 +201,7 @@ class CausalSelfAttention(nn.Module):
         self.config = config
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * self.head_dim, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_head * self.head_dim, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         if config.pos_emb == "alibi":
             self.register_buffer("slopes", alibi_slopes(config.n_head), persistent=False)
@@ -237,7 +237,7 @@ class CausalSelfAttention(nn.Module):
             if T == 1:  # one decoding step: attend over the whole static cache, masked past pos
                 k, v, k_pos = cache.k, cache.v, cache.positions
         y, att = self._attend(q, k, v, pos, k_pos, return_attn)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.c_proj(y)), att
 
     def _attend(self, q, k, v, q_pos, k_pos, return_attn):

@@ -1028,13 +1028,15 @@ def count_params(settings):
 
 def match_params(settings, target):
     """settings' own shape if its parameters are within 3% of target; else the closest of a small grid:
-    the family's value head size at its own width (where it has one), then (n_head, n_embd) around it.
+    the family's value head size or head size at its own width (where it has one), then (n_head, n_embd)
+    around it.
     Ties go to the smallest change."""
     own = count_params(settings)
     if abs(own / target - 1) <= 0.03:
         return {}, own
     w, h = settings["n_embd"], settings["n_head"]
     candidates = [{"head_v_dim": d} for d in range(8, 2 * w // h + 1, 8) if "head_v_dim" in settings]
+    candidates += [{"head_size": d} for d in range(2, 4 * w // h + 1, 2) if "head_size" in settings]
     candidates += [{"n_head": heads, "n_embd": width} for heads in sorted({h, 4, 6, 8})
                    for width in range(max(32, w // 2), 2 * w + 1, 2 * heads)]  # even head dims
     best = None
@@ -1566,8 +1568,14 @@ def inspect(cfg, dataset=None):
         ax.imshow(mask, cmap="Greys")
         ax.set_title(title, fontsize=8)
         ax.set_axis_off()
-    no_map(axes[-1], "NSA's selection: " + ("not drawn yet" if importlib.util.find_spec("model_nsa")
-                                              else "model_nsa.py is not in this checkout yet"))
+    import model_nsa  # NSA's reads depend on content: one draw of random queries and keys
+    nsa = model_nsa.GPTConfig(n_embd=64, n_head=4, n_kv_head=1, cmp_block=8, cmp_stride=8, select_block=8,
+                              select_count=3, window=w)
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 4, T, 16, generator=gen), torch.randn(1, 1, T, 16, generator=gen)
+    axes[-1].imshow(model_nsa.full_resolution_keys(q, k, nsa)[0, 0], cmap="Greys")
+    axes[-1].set_title(f"NSA: 3 blocks of 8 + window {w}\n(random q, k)", fontsize=8)
+    axes[-1].set_axis_off()
     save(fig, "attention_masks.png")
     write_json(folder / "inspect.json", {"text": cfg["text"], "models": summary, "environment": environment()})
     lines = [f"# Head ablation: val loss increase when one head (or a layer's whole attention) is zeroed, "

@@ -61,11 +61,13 @@ def assert_causal(model, vocab_size=11, T=16):
 
 
 def assert_fast_path_matches_reference(model, flag, idx, weight, tol=2e-2):
-    """bf16 forward + backward with model.config.<flag> on (the fast kernel) and off (the PyTorch
-    reference): the logits and the gradient of `weight` agree to a relative error of tol."""
+    """bf16 forward + backward with model.config.<flag> (or each of a tuple of flags) on (the fast
+    kernel) and off (the PyTorch reference): the logits and the gradient of `weight` agree to a
+    relative error of tol."""
     outs = []
     for fast in (True, False):
-        setattr(model.config, flag, fast)  # the layers share the model's config
+        for name in (flag,) if isinstance(flag, str) else flag:
+            setattr(model.config, name, fast)  # the layers share the model's config
         model.zero_grad()
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits, loss = model(idx, idx)

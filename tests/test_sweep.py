@@ -10,7 +10,7 @@ import train_runner
 from train_runner import configure, count_params, match_params, model_settings
 
 FAMILY_CONFIGS = ["vanilla", "rope", "linear", "based", "sparse", "local_global", "strided", "fixed", "topk",
-                  "delta", "gated_delta", "delta_product"]
+                  "delta", "gated_delta", "delta_product", "nsa"]
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])  # the CPU profile and the baby GPT (counted on the meta device)
@@ -40,7 +40,7 @@ def tiny_sweep(shakespeare, tmp_path):
     cfg_file.write_text(
         "n_layer, n_head, n_embd, block_size, batch_size = 2, 4, 32, 32, 8\n"
         "max_iters = lr_decay_iters = 6\neval_interval, eval_iters, log_interval, warmup_iters = 3, 2, 3, 1\n"
-        "learning_rates = '1e-3'\nmodels_to_test = 'vanilla,linear,nsa'\n"
+        "learning_rates = '1e-3'\nmodels_to_test = 'vanilla,linear,nsa,mamba'\n"
         "decode_lens, seq_lens, tokens_per_batch, trials = '8,16', '16,32', 64, 1\n")
     paths = [str(cfg_file)]
     raw = {"device": "cpu", "sweep_dir": str(tmp_path / "sweep")}
@@ -51,10 +51,10 @@ def test_bakeoff_writes_the_report_and_a_rerun_redoes_nothing(tiny_sweep, capsys
     cfg, paths, raw = tiny_sweep
     models = train_runner.bakeoff(cfg, paths, raw)
     root = train_runner.sweep_root(cfg)
-    assert list(models) == ["vanilla", "linear"]  # nsa has no config in this checkout: skipped, said
-    assert "skipping nsa" in capsys.readouterr().out
+    assert list(models) == ["vanilla", "linear", "nsa"]  # mamba has no config: skipped, said
+    assert "skipping mamba" in capsys.readouterr().out
     report = json.loads((root / "bakeoff.json").read_text())["models"]
-    for name in ("vanilla", "linear"):
+    for name in ("vanilla", "linear", "nsa"):
         m = report[name]
         assert m["best_lr"] == 1e-3 and m["seeds"] == 1 and m["status"] == {"done": 1}
         assert 0 < m["best_val_loss"] < 4.3 and m["tokens_per_sec"] > 0
@@ -63,11 +63,11 @@ def test_bakeoff_writes_the_report_and_a_rerun_redoes_nothing(tiny_sweep, capsys
     assert "| model | params | best LR | best val (± std) |" in md and "| vanilla |" in md and "## Decoding" in md
     for png in ("loss_curves", "final_val_loss", "ppl_vs_flops", "ppl_vs_wallclock", "latency_vs_context", "lr_sweep"):
         assert (root / "plots" / f"{png}.png").stat().st_size > 1000
-    assert json.loads((root / "param_matching.json").read_text())["skipped"].keys() == {"nsa"}
+    assert json.loads((root / "param_matching.json").read_text())["skipped"].keys() == {"mamba"}
 
     stamps = {p: p.stat().st_mtime_ns for p in root.glob("runs/*/*")}
     train_runner.sweep(cfg, paths, raw)
-    assert capsys.readouterr().out.count("already done, skipped") == 2
+    assert capsys.readouterr().out.count("already done, skipped") == 3
     assert stamps == {p: p.stat().st_mtime_ns for p in root.glob("runs/*/*")}
 
 

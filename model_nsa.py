@@ -1,0 +1,457 @@
+"""
+Native Sparse Attention (Yuan et al. 2025, "Native Sparse Attention: Hardware-Aligned and Natively
+Trainable Sparse Attention"): each query reads the past three ways and mixes them with learned gates,
+
+    y_t = g_cmp · Attn(q_t, K̃, Ṽ) + g_slc · Attn(q_t, K[S_t], V[S_t]) + g_win · Attn(q_t, K[W_t], V[W_t])
+    (g_cmp, g_slc, g_win) = sigmoid(W_g x_t)                                         per query head
+
+compressed   K̃_i = φ(k[i·d : i·d + l]) summarises the i-th block of l = `cmp_block` keys taken every
+             d = `cmp_stride` tokens (Ṽ alike); φ is the mean (`compression='mean'`, as
+             flash-linear-attention) or a small MLP over the block with intra-block positions
+             (`'mlp'`, as the paper). Block i is visible to t once complete: i·d + l - 1 <= t; a query
+             with no complete block yet gets 0 from this branch.
+selected     the compressed softmax p_t,i, summed over the query heads of a GQA group, scores the
+             blocks of l' = `select_block` tokens: block j gets Σ_i p_t,i · |block_i ∩ block_j| / l
+             (with l = d = l' exactly p_t,j). S_t is the first block, the query's current and previous
+             blocks (always), and the best-scored others up to n = `select_count` blocks, shared by
+             the group; the query attends every key of S_t at full resolution, keys after t masked.
+             Selection is an index choice, so no gradient flows through it (as in the paper).
+window       W_t = the last `window` keys, t - window < j <= t (0: no window branch).
+
+Keys and values are shared by the three branches (as flash-linear-attention's layer; the paper gives
+each branch its own). Queries get `n_head` heads of `head_size` (default n_embd / n_head), keys and
+values `n_kv_head`: the kernel processes a GQA group's query heads together, which is where NSA gets
+its speed, so FLA needs n_head / n_kv_head a power of two >= 16.
+
+At the baby GPT's context of 256 with the paper's settings (l=32, d=16, l'=64, n=16, window 512) every
+branch would see the whole context. config/train_shakespeare_char_nsa.py therefore scales them
+down so the comparison at 256 is a sparse one; the long-context benchmarks use the paper's sizes.
+
+Paths (kernel_path):
+    pytorch   the reference and the CPU path: query blocks of 128 rows, each against the keys before
+              its end, with boolean masks (O(T · 128) memory per block, O(T²) time; never a T×T matrix).
+    fla+flex  on CUDA when FLA can run the layout (mean compression, l = d = l', a power-of-two group
+              >= 16, n a power of two with l' >= 2n, head dim <= 256): FLA's parallel_nsa computes the
+              compressed and selected branches (window_size=0: its window branch needs flash-attn),
+              FlexAttention the window.
+    flex      on CUDA otherwise: FlexAttention for all three branches; the selection becomes a
+              BlockMask of 128×128 tiles built per forward from the chosen blocks.
+Decoding keeps the full static KV cache (selection may reach anything) and the compressed keys and
+values, each written as its block completes; every step attends the three ways over them.
+"""
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+import model
+import model_sparse
+
+COMPRESSIONS = ("mean", "mlp")
+QUERY_BLOCK = 128  # rows per block on the PyTorch path
+FLEX_BLOCK = model_sparse.FLEX_BLOCK
+SELECT_ROWS = 1024  # query rows per block when scoring the selection for the flex path
+
+
+@dataclass
+class GPTConfig(model.GPTConfig):
+    cmp_block: int = 32  # l: tokens per compressed block
+    cmp_stride: int = 32  # d: a compressed block starts every d tokens
+    select_block: int = 32  # l': tokens per selectable block
+    select_count: int = 4  # n: blocks each query reads, the first, previous and current included
+    window: int = 64  # the sliding-window branch's span; 0: no window branch
+    compression: str = "mean"
+    head_size: int = 0  # 0: n_embd // n_head
+    use_fla: bool = True  # flash-linear-attention's kernels on CUDA where the layout allows
+    use_flex: bool = True  # FlexAttention on CUDA otherwise; False: the PyTorch path everywhere
+
+    def __post_init__(self):
+        if self.head_size < 0:
+            raise ValueError(f"head_size must be >= 0 (0: n_embd // n_head), got {self.head_size}")
+        super().__post_init__()
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}; got '{self.compression}'")
+        if self.pos_emb == "alibi":
+            raise ValueError("pos_emb='alibi' is not supported by the nsa family; use 'rope' or 'learned'")
+        for name in ("cmp_block", "cmp_stride", "select_block"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cmp_block % self.cmp_stride or self.select_block % self.cmp_stride:
+            raise ValueError(f"cmp_block ({self.cmp_block}) and select_block ({self.select_block}) must be "
+                             f"multiples of cmp_stride ({self.cmp_stride})")
+        if self.select_count < 3:
+            raise ValueError(f"select_count must be >= 3 (the first, previous and current blocks are always "
+                             f"read), got {self.select_count}")
+        if self.window < 0:
+            raise ValueError(f"window must be >= 0 (0: no window branch), got {self.window}")
+
+    @property
+    def head_dim(self):
+        return self.head_size or self.n_embd // self.n_head
+
+    @property
+    def head_group(self):  # query heads per K/V head
+        return self.n_head // self.n_kv_head
+
+    def n_cmp_blocks(self, T):
+        """Compressed blocks that fit in T tokens."""
+        return 0 if T < self.cmp_block else (T - self.cmp_block) // self.cmp_stride + 1
+
+    def fla_layout(self):
+        """None if FLA's parallel_nsa computes this configuration's compressed and selected branches, else why not."""
+        g, n = self.head_group, self.select_count
+        if self.compression != "mean":
+            return "compression='mlp'"
+        if not self.cmp_block == self.cmp_stride == self.select_block:
+            return "cmp_block, cmp_stride and select_block differ"
+        if g < 16 or g & (g - 1):
+            return f"n_head / n_kv_head = {g} is not a power of two >= 16"
+        if n & (n - 1) or self.select_block < 2 * n:
+            return f"select_count {n} is not a power of two <= select_block / 2"
+        if self.head_dim > 256:
+            return f"head dim {self.head_dim} > 256"
+        return None
+
+
+# -----------------------------------------------------------------------------
+# the reference: the three branches for a block of queries, over keys at positions 0..Tk-1
+
+def compress(x, config, mlp=None):
+    """x [B, Hkv, T, D] -> [B, Hkv, Tc, D]: block i = x[i·d : i·d + l] pooled by the mean or by mlp."""
+    B, H, T, D = x.shape
+    n = config.n_cmp_blocks(T)
+    if n == 0:
+        return x.new_zeros(B, H, 0, D)
+    blocks = x.unfold(2, config.cmp_block, config.cmp_stride)[:, :, :n].transpose(-1, -2)  # [B, H, n, l, D]
+    return blocks.mean(-2) if mlp is None else mlp(blocks)
+
+
+class BlockMLP(nn.Module):
+    """The paper's φ: an MLP over a block's l keys (or values) with a learned intra-block position added."""
+
+    def __init__(self, block, dim):
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(block, dim))
+        self.fc1 = nn.Linear(block * dim, dim, bias=False)
+        self.fc2 = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, blocks):  # [..., l, D] -> [..., D]
+        return self.fc2(F.gelu(self.fc1((blocks + self.pos.to(blocks.dtype)).flatten(-2))))
+
+
+def cmp_visible(t, n_blocks, config):
+    """[Q, Tc] bool: compressed block i complete by query position t (i·d + l - 1 <= t)."""
+    ends = torch.arange(n_blocks, device=t.device) * config.cmp_stride + config.cmp_block - 1
+    return ends[None, :] <= t[:, None]
+
+
+def block_overlap(n_cmp, n_sel, config, device):
+    """[Tc, Ts]: the share of compressed block i that falls in selectable block j (|i ∩ j| / l)."""
+    c0 = torch.arange(n_cmp, device=device)[:, None] * config.cmp_stride
+    s0 = torch.arange(n_sel, device=device)[None, :] * config.select_block
+    overlap = (torch.minimum(c0 + config.cmp_block, s0 + config.select_block) - torch.maximum(c0, s0)).clamp(min=0)
+    return overlap / config.cmp_block
+
+
+def masked_softmax(scores, allowed):
+    """Softmax over the allowed entries; a row with none allowed is all zeros (and has finite gradients)."""
+    empty = ~allowed.any(-1, keepdim=True)
+    scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(empty, 0.0)
+    return torch.softmax(scores, dim=-1).masked_fill(empty, 0.0)
+
+
+def select_blocks(p_cmp, t, n_sel, config):
+    """The blocks each query group reads. p_cmp [B, H, Q, Tc] compressed probabilities at positions t [Q]
+    -> [B, Hkv, Q, Ts] bool (Ts = n_sel). Forced blocks score +inf, blocks after the query's -inf."""
+    B, H, Q, Tc = p_cmp.shape
+    G = config.head_group
+    overlap = block_overlap(Tc, n_sel, config, p_cmp.device).to(p_cmp.dtype)
+    importance = p_cmp.view(B, H // G, G, Q, Tc).sum(2) @ overlap
+    j = torch.arange(n_sel, device=t.device)[None, :]
+    current = (t // config.select_block)[:, None]
+    forced = (j == 0) | (j == current) | (j == current - 1)
+    score = torch.where(forced, float("inf"), importance.masked_fill(j > current, float("-inf")))
+    top = score.topk(min(config.select_count, n_sel), dim=-1)
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, top.indices, top.values > float("-inf"))
+
+
+def nsa_branches(q, k, v, kc, vc, t, config, want_maps=False):
+    """The three branches for queries q [B, H, Q, D] at positions t [Q], over keys and values
+    [B, Hkv, Tk, D] at positions 0..Tk-1 and their compressed blocks kc, vc [B, Hkv, Tc, D].
+    Returns (o_cmp, o_slc, o_win) [B, H, Q, D], and with want_maps their [B, H, Q, ·] weights."""
+    H, Hkv, Tk = q.shape[1], k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    wide = model.wide_dtype(q.dtype)
+    p_cmp = masked_softmax((q @ model_sparse.repeat_kv(kc, H).transpose(-1, -2)).to(wide) * scale,
+                           cmp_visible(t, kc.shape[2], config))
+    o_cmp = p_cmp.to(v.dtype) @ model_sparse.repeat_kv(vc, H)
+
+    key = torch.arange(Tk, device=q.device)
+    sel = select_blocks(p_cmp.detach(), t, -(-Tk // config.select_block), config)
+    causal = key[None, :] <= t[:, None]
+    slc_keys = (sel[..., key // config.select_block] & causal).repeat_interleave(H // Hkv, dim=1)
+    win_keys = causal & (key[None, :] > t[:, None] - config.window)
+
+    def attend(allowed):
+        if want_maps:
+            return model.naive_attention(q, k, v, torch.zeros(allowed.shape, device=q.device).masked_fill(~allowed, float("-inf")))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=H != Hkv), None
+
+    o_slc, w_slc = attend(slc_keys)
+    o_win, w_win = attend(win_keys) if config.window else (torch.zeros_like(o_slc), None)
+    if not want_maps:
+        return o_cmp, o_slc, o_win
+    # a compressed block's weight spread over its l tokens: exactly the map o_cmp applies to v for the
+    # mean; for the MLP, which is not linear in v, where the branch looks
+    spread = (key[None, :] >= torch.arange(kc.shape[2], device=q.device)[:, None] * config.cmp_stride)
+    spread &= key[None, :] < torch.arange(kc.shape[2], device=q.device)[:, None] * config.cmp_stride + config.cmp_block
+    w_cmp = p_cmp @ (spread.to(p_cmp.dtype) / config.cmp_block)
+    return (o_cmp, o_slc, o_win), (w_cmp, w_slc, w_win)
+
+
+def full_resolution_keys(q, k, config):
+    """[B, Hkv, T, T] bool, for drawing: the keys each query group reads at full resolution (its
+    selected blocks and its window) for q [B, H, T, D] and k [B, Hkv, T, D]. Forms T×T: only on request."""
+    T = q.shape[2]
+    t = torch.arange(T, device=q.device)
+    kc = compress(k, config)
+    scores = (q @ model_sparse.repeat_kv(kc, q.shape[1]).transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    sel = select_blocks(masked_softmax(scores, cmp_visible(t, kc.shape[2], config)), t, -(-T // config.select_block), config)
+    causal = t[None, :] <= t[:, None]
+    return (sel[..., t // config.select_block] | (t[None, :] > t[:, None] - config.window)) & causal
+
+
+def combine(branches, gates):
+    """Σ_b g_b · o_b; gates [B, H, Q, 3] in (cmp, slc, win) order."""
+    return sum(o * gates[..., i, None].to(o.dtype) for i, o in enumerate(branches))
+
+
+def nsa_reference(q, k, v, kc, vc, gates, config):
+    """The whole layer's attention, y [B, H, T, D], for q [B, H, T, D] at positions 0..T-1."""
+    T = q.shape[2]
+    pos = torch.arange(T, device=q.device)
+    out = []
+    for s in range(0, T, QUERY_BLOCK):
+        e = min(s + QUERY_BLOCK, T)
+        branches = nsa_branches(q[:, :, s:e], k[:, :, :e], v[:, :, :e], kc, vc, pos[s:e], config)
+        out.append(combine(branches, gates[:, :, s:e]))
+    return torch.cat(out, dim=2)
+
+
+# -----------------------------------------------------------------------------
+# fast paths (CUDA)
+
+@torch.compiler.disable  # built outside any compiled graph, once per (T, l, d, device)
+@functools.cache
+def compressed_block_mask(T, size, stride, device):
+    def visible(b, h, q_idx, kv_idx):
+        return kv_idx * stride + size - 1 <= q_idx
+    n = (T - size) // stride + 1
+    create = model_sparse.compiled_create_block_mask if device.startswith("cuda") else create_block_mask
+    return create(visible, None, None, T, n, device=device, BLOCK_SIZE=FLEX_BLOCK)
+
+
+def tile_mask_from_selection(sel, config):
+    """sel [B, Hkv, T, Ts] -> [B, Hkv, T/128, T/128] bool: the 128×128 tiles that hold a selected key of
+    some query of the tile (and are not wholly in its future)."""
+    B, Hkv, T, Ts = sel.shape
+    n = T // FLEX_BLOCK
+    rows = sel.view(B, Hkv, n, FLEX_BLOCK, Ts).any(3).float()  # [B, Hkv, n, Ts]
+    j0 = torch.arange(Ts, device=sel.device)[:, None] * config.select_block
+    tile0 = torch.arange(n, device=sel.device)[None, :] * FLEX_BLOCK
+    covers = (j0 < tile0 + FLEX_BLOCK) & (j0 + config.select_block > tile0)  # [Ts, n]: block j meets tile
+    tiles = (rows @ covers.float()) > 0
+    return tiles & torch.ones(n, n, dtype=torch.bool, device=sel.device).tril()
+
+
+def _selected_flex(q, k, v, sel, tiles, select_block):
+    G = q.shape[1] // k.shape[1]
+    num = tiles.sum(-1, dtype=torch.int32).repeat_interleave(G, dim=1)
+    idx = torch.argsort(tiles.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32).repeat_interleave(G, dim=1)
+
+    def chosen(b, h, q_idx, kv_idx):
+        return sel[b, h // G, q_idx, kv_idx // select_block] & (kv_idx <= q_idx)
+
+    mask = BlockMask.from_kv_blocks(num, idx, BLOCK_SIZE=FLEX_BLOCK, mask_mod=chosen,
+                                    seq_lengths=(q.shape[2], k.shape[2]))
+    return flex_attention(q, k, v, block_mask=mask, enable_gqa=G > 1)
+
+
+# the mask_mod closes over this forward's selection: built inside the compiled function, so one
+# compiled kernel serves every selection of a shape
+selected_flex = torch.compile(_selected_flex, dynamic=False)
+
+
+@torch.no_grad()
+def selection_for_flex(q, kc, config):
+    """[B, Hkv, T, Ts] the selected blocks of every query, scored in row blocks (no T×Tc in memory at once)."""
+    T = q.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    pos = torch.arange(T, device=q.device)
+    kr = model_sparse.repeat_kv(kc, q.shape[1]).transpose(-1, -2)
+    out = []
+    for s in range(0, T, SELECT_ROWS):
+        e = min(s + SELECT_ROWS, T)
+        p = masked_softmax((q[:, :, s:e] @ kr).float() * scale, cmp_visible(pos[s:e], kc.shape[2], config))
+        out.append(select_blocks(p, pos[s:e], -(-T // config.select_block), config))
+    return torch.cat(out, dim=2)
+
+
+FLA_STATUS = {}  # None (runs) or the reason it cannot, probed once per process
+
+
+@functools.cache
+def fla_parallel_nsa():
+    from fla.ops.nsa.parallel import parallel_nsa
+    return parallel_nsa
+
+
+@torch.compiler.disable
+def fla_status():
+    """None if FLA's parallel_nsa runs forward and backward on this GPU, else the reason."""
+    if "status" not in FLA_STATUS:
+        try:
+            q = torch.randn(1, 128, 16, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            k, v = (torch.randn(1, 128, 1, 32, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+            g = torch.rand(1, 128, 16, device="cuda", dtype=torch.bfloat16)
+            fla_parallel_nsa()(q, k, v, g, g, None, block_counts=4, block_size=32).float().sum().backward()
+            FLA_STATUS["status"] = None
+        except Exception as e:  # ImportError, a Triton error
+            FLA_STATUS["status"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            warnings.warn(f"flash-linear-attention's NSA cannot run here ({FLA_STATUS['status']}); "
+                          "using the FlexAttention path instead (same function)", stacklevel=2)
+    return FLA_STATUS["status"]
+
+
+@torch.compiler.disable  # FLA's autograd functions and Triton launches stay out of the compiled graph
+def fla_cmp_and_slc(q, k, v, gates, config):
+    """FLA's compressed and selected branches, gated: [B, H, T, D] in, [B, H, T, D] out."""
+    q_, k_, v_ = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    g = gates.transpose(1, 2).to(q.dtype)
+    o = fla_parallel_nsa()(q_, k_, v_, g_cmp=g[..., 0].contiguous(), g_slc=g[..., 1].contiguous(), g_swa=None,
+                           block_counts=config.select_count, block_size=config.select_block, window_size=0)
+    return o.transpose(1, 2)
+
+
+def window_attention(q, k, v, config):
+    """The window branch alone, in FlexAttention with model_sparse's sliding-window BlockMask (T whole tiles)."""
+    mask = model_sparse.block_mask("sliding_window", config.window, 0, 0, 0, q.shape[2], str(q.device))
+    return model_sparse.compiled_flex_attention(q, k, v, block_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
+
+
+# -----------------------------------------------------------------------------
+# decoding state
+
+class NSACache(model.KVCache):
+    """The full static KV cache, plus the compressed keys and values of the blocks completed so far
+    (one spare slot takes the writes of steps that complete no block, so every step has one shape)."""
+
+    def __init__(self, batch_size, config, device, dtype):
+        super().__init__(batch_size, config.n_kv_head, config.block_size, config.head_dim, device, dtype)
+        self.n_blocks = config.n_cmp_blocks(config.block_size)
+        shape = (batch_size, config.n_kv_head, self.n_blocks + 1, config.head_dim)
+        self.kc, self.vc = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+
+    def write_compressed(self, kc, vc, slots):
+        self.kc.index_copy_(2, slots, kc.to(self.kc.dtype))
+        self.vc.index_copy_(2, slots, vc.to(self.vc.dtype))
+
+
+# -----------------------------------------------------------------------------
+# the attention module
+
+class NSAAttention(model.CausalSelfAttention):
+    """The backbone's projections (GQA, RoPE), a gate per branch and head, and the three branches."""
+
+    def __init__(self, config, layer_idx=0):
+        super().__init__(config, layer_idx)
+        self.g_proj = nn.Linear(config.n_embd, 3 * config.n_head, bias=False)
+        mlp = config.compression == "mlp"
+        self.k_compress = BlockMLP(config.cmp_block, config.head_dim) if mlp else None
+        self.v_compress = BlockMLP(config.cmp_block, config.head_dim) if mlp else None
+
+    def new_cache(self, batch_size, device, dtype):
+        return NSACache(batch_size, self.config, device, dtype)
+
+    def kernel_path(self, device_type):
+        c = self.config
+        if device_type != "cuda" or not (c.use_fla or c.use_flex):
+            return "pytorch"
+        if c.use_fla and c.fla_layout() is None and (FLA_STATUS["status"] if FLA_STATUS else fla_status()) is None:
+            return "fla+flex"
+        return "flex" if c.use_flex else "pytorch"
+
+    def forward_flops_per_token(self, T):
+        c = self.config
+        t = torch.arange(T, dtype=torch.float64)
+        cmp = ((t + 1 - c.cmp_block).clamp(min=-1).div(c.cmp_stride, rounding_mode="floor") + 1).mean()
+        keys = cmp + (t + 1).clamp(max=c.select_count * c.select_block).mean() + (t + 1).clamp(max=c.window).mean()
+        return 2 * 2 * self.n_head * self.head_dim * float(keys)
+
+    def compressed(self, k, v):
+        return compress(k, self.config, self.k_compress), compress(v, self.config, self.v_compress)
+
+    def forward(self, x, pos, cache=None, return_attn=False):
+        B, T, _ = x.shape
+        c = self.config
+        q, k, v = self.qkv(x, pos)
+        gates = torch.sigmoid(self.g_proj(x).to(model.wide_dtype(x.dtype)))
+        gates = gates.view(B, T, self.n_head, 3).transpose(1, 2)  # [B, H, T, (cmp, slc, win)]
+        att = None
+        if cache is not None:
+            cache.write(k, v, pos)
+        if cache is not None and T == 1:
+            self._compress_step(cache, pos)
+            y = combine(nsa_branches(q, cache.k.to(q.dtype), cache.v.to(q.dtype), cache.kc[:, :, :-1].to(q.dtype),
+                                     cache.vc[:, :, :-1].to(q.dtype), pos, c), gates)
+        else:
+            kc, vc = self.compressed(k, v)
+            if cache is not None:  # a prefill from position 0: its complete blocks
+                cache.write_compressed(kc, vc, torch.arange(kc.shape[2], device=x.device))
+            path = self.kernel_path(x.device.type)
+            if return_attn:
+                branches, maps = nsa_branches(q, k, v, kc, vc, pos, c, want_maps=True)
+                y = combine(branches, gates)
+                att = sum(m * gates[..., i, None] for i, m in enumerate(maps) if m is not None)
+            elif path == "pytorch" or T % FLEX_BLOCK or kc.shape[2] == 0:
+                y = nsa_reference(q, k, v, kc, vc, gates, c)
+            elif path == "fla+flex":
+                y = fla_cmp_and_slc(q, k, v, gates, c)
+                if c.window:
+                    y = y + window_attention(q, k, v, c) * gates[..., 2, None].to(y.dtype)
+            else:
+                y = self._flex(q, k, v, kc, vc, gates)
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        return self.resid_dropout(self.c_proj(y)), att
+
+    def _flex(self, q, k, v, kc, vc, gates):
+        c, T = self.config, q.shape[2]
+        gqa = self.n_kv_head != self.n_head
+        cmp_mask = compressed_block_mask(T, c.cmp_block, c.cmp_stride, str(q.device))
+        o_cmp = model_sparse.compiled_flex_attention(q, kc, vc, block_mask=cmp_mask, enable_gqa=gqa)
+        sel = selection_for_flex(q, kc, c)
+        o_slc = selected_flex(q, k, v, sel, tile_mask_from_selection(sel, c), c.select_block)
+        o_win = window_attention(q, k, v, c) if c.window else torch.zeros_like(o_slc)
+        return combine((o_cmp, o_slc, o_win), gates)
+
+    def _compress_step(self, cache, pos):
+        """After the key at pos is written: if it completes compressed block i (pos + 1 - l = i·d),
+        compress that block into slot i; otherwise into the spare slot. No host synchronisation."""
+        c = self.config
+        start = pos + 1 - c.cmp_block
+        idx = start.clamp(min=0) + torch.arange(c.cmp_block, device=pos.device)
+        kb, vb = (t.index_select(2, idx).unsqueeze(2) for t in (cache.k, cache.v))  # [B, Hkv, 1, l, D]
+        kc = kb.mean(-2) if self.k_compress is None else self.k_compress(kb)
+        vc = vb.mean(-2) if self.v_compress is None else self.v_compress(vb)
+        done = (start >= 0) & (start % c.cmp_stride == 0)
+        cache.write_compressed(kc, vc, torch.where(done, start.div(c.cmp_stride, rounding_mode="floor"), cache.n_blocks))
+
+
+class GPT(model.GPT):
+    attention_class = NSAAttention

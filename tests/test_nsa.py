@@ -1,0 +1,266 @@
+"""model_nsa.py: each branch against a brute-force masked softmax written one query at a time, the
+layer against a naive per-query layer, causality, decoding against recompute, the flex masks."""
+
+import math
+
+import pytest
+import torch
+from conftest import assert_causal, assert_fast_path_matches_reference
+
+import model_nsa
+from model import generate_by_recompute
+from model_nsa import GPT, GPTConfig
+
+SHAPES = [  # (l, d, l', n, window, n_head, n_kv_head)
+    dict(cmp_block=4, cmp_stride=4, select_block=4, select_count=3, window=3),  # FLA's layout: l = d = l'
+    dict(cmp_block=8, cmp_stride=4, select_block=8, select_count=4, window=5, n_kv_head=2),  # the paper's: l = 2d, GQA
+    dict(cmp_block=4, cmp_stride=2, select_block=6, select_count=3, window=0, n_kv_head=1),  # no window, l' not a multiple of l
+]
+IDS = ["l=d=l'", "l=2d,gqa", "odd,mqa"]
+
+
+def naive_branches(q, k, v, kc, vc, cfg):
+    """The module docstring's definitions, one query position at a time, in plain loops and lists."""
+    B, H, T, D = q.shape
+    G = H // k.shape[1]
+    size, d, ls, n, w = cfg.cmp_block, cfg.cmp_stride, cfg.select_block, cfg.select_count, cfg.window
+    out = torch.zeros(3, B, H, T, D, dtype=q.dtype)
+
+    def softmax_attend(qv, keys, values):
+        s = torch.stack([qv @ kk for kk in keys]) / math.sqrt(D)
+        return torch.softmax(s, 0) @ torch.stack(values), torch.softmax(s, 0)
+
+    for b in range(B):
+        for t in range(T):
+            probs = {}
+            for h in range(H):
+                kv = h // G
+                visible = [i for i in range(kc.shape[2]) if i * d + size - 1 <= t]
+                if visible:
+                    out[0, b, h, t], p = softmax_attend(q[b, h, t], [kc[b, kv, i] for i in visible],
+                                                        [vc[b, kv, i] for i in visible])
+                    probs[h] = dict(zip(visible, p.tolist()))
+                else:
+                    probs[h] = {}
+                out[2, b, h, t] = 0 if w == 0 else softmax_attend(
+                    q[b, h, t], [k[b, kv, j] for j in range(max(0, t - w + 1), t + 1)],
+                    [v[b, kv, j] for j in range(max(0, t - w + 1), t + 1)])[0]
+            for kv in range(k.shape[1]):
+                current = t // ls
+                forced = {0, current, current - 1} - {-1}
+                score = {}
+                for j in range(current + 1):  # importance: each visible compressed block's share of j
+                    score[j] = sum(p * max(0, min(i * d + size, (j + 1) * ls) - max(i * d, j * ls)) / size
+                                   for h in range(kv * G, (kv + 1) * G) for i, p in probs[h].items())
+                others = sorted((j for j in score if j not in forced), key=lambda j: -score[j])
+                chosen = sorted(forced) + others[:n - len(forced)]
+                keys = [j for j in range(t + 1) if j // ls in chosen]
+                for h in range(kv * G, (kv + 1) * G):
+                    out[1, b, h, t] = softmax_attend(q[b, h, t], [k[b, kv, j] for j in keys], [v[b, kv, j] for j in keys])[0]
+    return out
+
+
+def naive_compress(x, cfg):
+    n = cfg.n_cmp_blocks(x.shape[2])
+    return torch.stack([x[:, :, i * cfg.cmp_stride:i * cfg.cmp_stride + cfg.cmp_block].mean(2) for i in range(n)], 2)
+
+
+@pytest.mark.parametrize("T", [3, 13, 30])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_branches_equal_brute_force(shape, T):
+    torch.manual_seed(T)
+    cfg = GPTConfig(n_embd=32, n_head=4, **shape)
+    q = torch.randn(2, 4, T, 8, dtype=torch.double)
+    k, v = (torch.randn(2, cfg.n_kv_head, T, 8, dtype=torch.double) for _ in range(2))
+    kc, vc = model_nsa.compress(k, cfg), model_nsa.compress(v, cfg)
+    if T >= cfg.cmp_block:
+        torch.testing.assert_close(kc, naive_compress(k, cfg), rtol=0, atol=1e-14)
+    got = model_nsa.nsa_branches(q, k, v, kc, vc, torch.arange(T), cfg)
+    for name, a, b in zip(("compressed", "selected", "window"), got, naive_branches(q, k, v, kc, vc, cfg)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12, msg=f"{name} branch")
+
+
+def test_rows_before_the_first_block_get_zero_from_it_with_finite_gradients():
+    cfg = GPTConfig(n_embd=32, n_head=4, cmp_block=8, cmp_stride=4, select_block=8)
+    q = torch.randn(1, 4, 20, 8, dtype=torch.double, requires_grad=True)
+    k, v = (torch.randn(1, 4, 20, 8, dtype=torch.double, requires_grad=True) for _ in range(2))
+    o_cmp, o_slc, o_win = model_nsa.nsa_branches(q, k, v, *(model_nsa.compress(x, cfg) for x in (k, v)), torch.arange(20), cfg)
+    assert o_cmp[:, :, :7].abs().max() == 0 and o_cmp[:, :, 7:].abs().min() > 0
+    (o_cmp.sum() + o_slc.sum()).backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_selection_reads_n_blocks_always_the_first_previous_and_current():
+    cfg = GPTConfig(n_embd=32, n_head=4, cmp_block=4, cmp_stride=4, select_block=4, select_count=4)
+    t = torch.arange(40)
+    p = torch.rand(1, 4, 40, 10)
+    sel = model_nsa.select_blocks(p * model_nsa.cmp_visible(t, 10, cfg), t, 10, cfg)
+    cur = t // 4
+    assert torch.equal(sel.sum(-1)[0, 0], torch.clamp(cur + 1, max=4))  # n blocks once there are n to read
+    assert sel[0, 0, :, 0].all() and sel[0, 0, t, cur].all() and sel[0, 0, t[4:], cur[4:] - 1].all()
+    assert not (sel[0, 0] & (torch.arange(10)[None] > cur[:, None])).any()  # never a block after the query's
+
+
+def tiny(pos_emb="learned", **kw):
+    torch.manual_seed(0)
+    cfg = dict(block_size=32, vocab_size=11, n_layer=2, n_head=4, n_embd=32, pos_emb=pos_emb)
+    return GPT(GPTConfig(**dict(cfg, **kw))).double().eval()
+
+
+def naive_layer(attn, x):
+    """The attention layer as written in the docstring: gates, branches, output projection."""
+    c = attn.config
+    B, T, _ = x.shape
+    q, k, v = attn.qkv(x, torch.arange(T))
+    kc, vc = (model_nsa.compress(t, c, mlp) for t, mlp in ((k, attn.k_compress), (v, attn.v_compress)))
+    g = torch.sigmoid(attn.g_proj(x)).view(B, T, c.n_head, 3).permute(3, 0, 2, 1)[..., None]  # [3, B, H, T, 1]
+    y = (naive_branches(q, k, v, kc, vc, c) * g).sum(0)
+    return attn.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+@pytest.mark.parametrize("compression", ["mean", "mlp"])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_layer_equals_naive_per_query_layer(shape, compression, monkeypatch):
+    monkeypatch.setattr(model_nsa, "QUERY_BLOCK", 7)  # several query blocks, the last partial
+    attn = tiny(compression=compression, **shape).transformer.h[0].attn
+    x = torch.randn(2, 25, 32, dtype=torch.double)
+    y, _ = attn(x, torch.arange(25))
+    torch.testing.assert_close(y, naive_layer(attn, x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_forward_equals_attention_map_path(shape):
+    m = tiny(**shape)
+    idx = torch.randint(0, 11, (2, 30))
+    fast, _ = m(idx)
+    mapped, _, maps = m(idx, return_attn=True)
+    torch.testing.assert_close(fast, mapped, rtol=0, atol=1e-12)
+    assert maps[0].shape == (2, 4, 30, 30) and maps[0].triu(1).abs().max() == 0
+
+
+@pytest.mark.parametrize("variant", [dict(shape, compression=c) for shape in SHAPES for c in ("mean", "mlp")] +
+                         [dict(SHAPES[1], pos_emb="rope"), dict(SHAPES[0], pos_emb="none")],
+                         ids=[f"{i}-{c}" for i in IDS for c in ("mean", "mlp")] + ["rope", "nope"])
+def test_causality(variant):
+    m = tiny(**variant)
+    for block in m.transformer.h:  # gates and compression MLPs away from their zero-ish init
+        for p in block.attn.parameters():
+            p.data.add_(torch.randn_like(p) * 0.3)
+    assert_causal(m, T=30)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+@pytest.mark.parametrize("compression", ["mean", "mlp"])
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_generate_equals_recompute(shape, compression, pos_emb):
+    m = tiny(pos_emb, compression=compression, **shape)
+    assert not m.streams
+    for prompt_len in (2, 11):  # a prompt before the first block completes, and one ending mid-block
+        prompt = torch.randint(0, 11, (2, prompt_len))
+        fast = m.generate(prompt, 45, temperature=0)  # runs past block_size 32
+        assert torch.equal(fast, generate_by_recompute(m, prompt, 45, temperature=0))
+
+
+def test_decode_steps_equal_the_parallel_forward():
+    m = tiny(compression="mlp", **SHAPES[1])
+    idx = torch.randint(0, 11, (2, 32))
+    full, _ = m(idx)
+    caches = m.new_caches(2)
+    steps = [m.step(idx[:, :5], torch.arange(5), caches)]
+    steps += [m.step(idx[:, t:t + 1], torch.arange(t, t + 1), caches) for t in range(5, 32)]
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 4:], rtol=0, atol=1e-12)
+    kc = model_nsa.compress(m.transformer.h[0].attn.qkv(m.transformer.h[0].ln_1(m._embed(idx, torch.arange(32))),
+                                                        torch.arange(32))[1], m.config, m.transformer.h[0].attn.k_compress)
+    torch.testing.assert_close(caches[0].kc[:, :, :-1], kc)  # every block written once it completed
+
+
+def test_flex_masks_equal_reference_on_cpu():
+    # FlexAttention runs forward on CPU: enough to check the compressed BlockMask and the selection's tiles
+    from torch.nn.attention.flex_attention import flex_attention
+    cfg = GPTConfig(n_embd=32, n_head=4, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=3,
+                    window=100)
+    T = 384
+    q = torch.randn(1, 4, T, 8)
+    k, v = (torch.randn(1, 2, T, 8) for _ in range(2))
+    kc, vc = model_nsa.compress(k, cfg), model_nsa.compress(v, cfg)
+    ref = model_nsa.nsa_branches(q, k, v, kc, vc, torch.arange(T), cfg)
+    mask = model_nsa.compressed_block_mask(T, cfg.cmp_block, cfg.cmp_stride, "cpu")
+    o_cmp = flex_attention(q, kc, vc, block_mask=mask, enable_gqa=True)
+    sel = model_nsa.selection_for_flex(q, kc, cfg)
+    tiles = model_nsa.tile_mask_from_selection(sel, cfg)
+    assert tiles.sum() < tiles.numel()  # some tiles are skipped
+    o_slc = model_nsa._selected_flex(q, k, v, sel, tiles, cfg.select_block)
+    for name, a, b in (("compressed", o_cmp, ref[0]), ("selected", o_slc, ref[1])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fla_layout():
+    assert GPTConfig(n_head=16, n_kv_head=1, n_embd=384, select_count=4, select_block=32).fla_layout() is None
+    assert "power of two" in GPTConfig(n_head=4).fla_layout()
+    assert "differ" in GPTConfig(n_head=16, n_kv_head=1, cmp_block=32, cmp_stride=16, select_block=64).fla_layout()
+    assert "mlp" in GPTConfig(n_head=16, n_kv_head=1, compression="mlp").fla_layout()
+    assert tiny().transformer.h[0].attn.kernel_path("cpu") == "pytorch"
+
+
+def test_head_size_sets_the_query_key_value_widths():
+    attn = tiny(head_size=12, n_kv_head=2).transformer.h[0].attn
+    assert attn.c_attn.weight.shape == ((4 + 2 * 2) * 12, 32) and attn.c_proj.weight.shape == (32, 4 * 12)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(compression="max"), "compression must be one of"),
+    (dict(cmp_block=6, cmp_stride=4), "multiples of cmp_stride"),
+    (dict(select_count=2), "select_count must be >= 3"),
+    (dict(window=-1), "window must be >= 0"),
+    (dict(cmp_stride=0), "cmp_stride must be >= 1"),
+    (dict(head_size=-2), "head_size must be >= 0"),
+    (dict(pos_emb="alibi"), "use 'rope'"),
+])
+def test_bad_config(bad, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**bad)
+
+
+def test_trains_through_the_runner(shakespeare, tmp_path):
+    from conftest import TINY
+
+    import train_runner
+    m = train_runner.train(None, overrides=dict(TINY, model_type="nsa", cmp_block=4, cmp_stride=4, select_block=4,
+                                                select_count=3, window=8, out_dir=str(tmp_path / "nsa"), max_iters=150,
+                                                lr_decay_iters=150, eval_interval=50, batch_size=16))
+    val = [row[2] for row in m["curves"]["val"]]
+    assert m["status"] == "done" and m["kernel_path"] == ["pytorch"]
+    assert val[-1] < val[0] - 0.9
+
+
+# -- GPU: the fast paths against the PyTorch path (run on the device machine) -------------
+
+GPU_SHAPES = [
+    dict(n_head=16, n_kv_head=1, head_size=32, cmp_block=64, cmp_stride=64, select_block=64, select_count=8, window=128),
+    dict(n_head=16, n_kv_head=1, head_size=44, cmp_block=32, cmp_stride=32, select_block=32, select_count=4, window=64),
+    dict(n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100),
+    dict(n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100, compression="mlp"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=["fla+flex", "fla+flex-baby", "flex", "flex-mlp"])
+def test_gpu_fast_path_equals_reference(shape):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_embd=256, pos_emb="rope", **shape)).cuda()
+    assert model.kernel_paths("cuda") == ["fla+flex" if "head_size" in shape else "flex"]
+    idx = torch.randint(0, 65, (2, 1024), device="cuda")
+    assert_fast_path_matches_reference(model, ("use_fla", "use_flex"), idx, model.transformer.h[0].attn.c_attn.weight)
+
+
+@pytest.mark.gpu
+def test_gpu_graph_decoding_equals_recompute():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=96, vocab_size=65, n_layer=2, n_head=8, n_kv_head=2, n_embd=128, pos_emb="rope",
+                          cmp_block=8, cmp_stride=4, select_block=16, select_count=3, window=10)).cuda().eval()
+    prompt = torch.randint(0, 65, (2, 10), device="cuda")
+    graphed = model.generate(prompt, 120, temperature=0, cuda_graph=True)
+    eager = model.generate(prompt, 120, temperature=0, cuda_graph=False)
+    assert torch.equal(graphed, eager)
+    assert torch.equal(eager, generate_by_recompute(model, prompt, 120, temperature=0))
+
