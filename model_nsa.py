@@ -188,7 +188,8 @@ def nsa_branches(q, k, v, kc, vc, t, config, want_maps=False):
     H, Hkv, Tk = q.shape[1], k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1])
     wide = model.wide_dtype(q.dtype)
-    p_cmp = masked_softmax((q @ model_sparse.repeat_kv(kc, H).transpose(-1, -2)).to(wide) * scale,
+    # scores in float32 at least: the selection ranks them, and bf16-rounded scores would reorder near-ties
+    p_cmp = masked_softmax((q.to(wide) @ model_sparse.repeat_kv(kc, H).transpose(-1, -2).to(wide)) * scale,
                            cmp_visible(t, kc.shape[2], config))
     o_cmp = p_cmp.to(v.dtype) @ model_sparse.repeat_kv(vc, H)
 
@@ -294,11 +295,11 @@ def selection_for_flex(q, kc, config):
     T = q.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1])
     pos = torch.arange(T, device=q.device)
-    kr = model_sparse.repeat_kv(kc, q.shape[1]).transpose(-1, -2)
+    kr = model_sparse.repeat_kv(kc, q.shape[1]).transpose(-1, -2).float()
     out = []
     for s in range(0, T, SELECT_ROWS):
         e = min(s + SELECT_ROWS, T)
-        p = masked_softmax((q[:, :, s:e] @ kr).float() * scale, cmp_visible(pos[s:e], kc.shape[2], config))
+        p = masked_softmax((q[:, :, s:e].float() @ kr) * scale, cmp_visible(pos[s:e], kc.shape[2], config))
         out.append(select_blocks(p, pos[s:e], -(-T // config.select_block), config))
     return torch.cat(out, dim=2)
 

@@ -237,20 +237,48 @@ def test_trains_through_the_runner(shakespeare, tmp_path):
 
 GPU_SHAPES = [
     dict(n_head=16, n_kv_head=1, head_size=32, cmp_block=64, cmp_stride=64, select_block=64, select_count=8, window=128),
-    dict(n_head=16, n_kv_head=1, head_size=44, cmp_block=32, cmp_stride=32, select_block=32, select_count=4, window=64),
     dict(n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100),
     dict(n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100, compression="mlp"),
 ]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", GPU_SHAPES, ids=["fla+flex", "fla+flex-baby", "flex", "flex-mlp"])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=["fla+flex", "flex", "flex-mlp"])
 def test_gpu_fast_path_equals_reference(shape):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_embd=256, pos_emb="rope", **shape)).cuda()
+    for block in model.transformer.h:  # peaked compressed scores: at init they are near-uniform, and the
+        block.attn.c_attn.weight.data[:-block.attn.n_kv_head * block.attn.head_dim] *= 4  # selection near-ties
+    # would then be broken by rounding, differently in each path
     assert model.kernel_paths("cuda") == ["fla+flex" if "head_size" in shape else "flex"]
     idx = torch.randint(0, 65, (2, 1024), device="cuda")
     assert_fast_path_matches_reference(model, ("use_fla", "use_flex"), idx, model.transformer.h[0].attn.c_attn.weight)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D, size, n", [(44, 32, 4), (32, 64, 16)])
+def test_gpu_fla_kernels_compute_the_reference_branches(D, size, n):
+    # End to end, near-tied block scores can rank differently in FLA's kernel and ours after bf16
+    # rounding (FLA's own naive_nsa and parallel_nsa differ by 10% at l'=32, n=4 for that reason), so
+    # the kernels are checked branch by branch: compressed as is, selected on our selection.
+    from fla.ops.nsa.parallel import parallel_nsa
+    torch.manual_seed(0)
+    T = 1024
+    q = torch.randn(1, T, 16, D, device="cuda").bfloat16()
+    k, v = (torch.randn(1, T, 1, D, device="cuda").bfloat16() for _ in range(2))
+    ones, zeros = torch.ones(1, T, 16, device="cuda").bfloat16(), torch.zeros(1, T, 16, device="cuda").bfloat16()
+    cfg = GPTConfig(n_embd=16 * D, n_head=16, n_kv_head=1, cmp_block=size, cmp_stride=size, select_block=size,
+                    select_count=n, window=0)
+    qq, kk, vv = (t.transpose(1, 2) for t in (q, k, v))
+    kc, vc = model_nsa.compress(kk, cfg), model_nsa.compress(vv, cfg)
+    o_cmp, o_slc, _ = model_nsa.nsa_branches(qq, kk, vv, kc, vc, torch.arange(T, device="cuda"), cfg)
+    chosen = model_nsa.selection_for_flex(qq, kc, cfg).to(torch.int8).topk(n, dim=-1)  # [1, 1, T, n]
+    indices = chosen.indices.masked_fill(chosen.values == 0, -1).permute(0, 2, 1, 3).contiguous()
+    fla_cmp = parallel_nsa(q, k, v, g_cmp=ones, g_slc=zeros, block_counts=n, block_size=size)
+    fla_slc = parallel_nsa(q, k, v, g_slc=ones, block_indices=indices, block_counts=n, block_size=size)
+    for name, a, b in (("compressed", fla_cmp, o_cmp), ("selected", fla_slc, o_slc)):
+        b = b.transpose(1, 2).float()
+        assert ((a.float() - b).norm() / b.norm()).item() < 1e-2, name
 
 
 @pytest.mark.gpu
