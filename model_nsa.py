@@ -37,7 +37,8 @@ Paths (kernel_path):
     flex      on CUDA otherwise: FlexAttention for all three branches; the selection becomes a
               BlockMask of 128×128 tiles built per forward from the chosen blocks.
 Decoding keeps the full static KV cache (selection may reach anything) and the compressed keys and
-values, each written as its block completes; every step attends the three ways over them.
+values, each written as its block completes; a step scores the compressed blocks, then gathers only
+the n selected blocks and the window from the cache.
 """
 
 import functools
@@ -214,6 +215,33 @@ def nsa_branches(q, k, v, kc, vc, t, config, want_maps=False):
     spread &= key[None, :] < torch.arange(kc.shape[2], device=q.device)[:, None] * config.cmp_stride + config.cmp_block
     w_cmp = p_cmp @ (spread.to(p_cmp.dtype) / config.cmp_block)
     return (o_cmp, o_slc, o_win), (w_cmp, w_slc, w_win)
+
+
+def nsa_step(q, k, v, kc, vc, pos, config):
+    """One decoding step: the three branches of nsa_branches for q [B, H, 1, D] at position pos [1],
+    over the static cache k, v [B, Hkv, L, D] (nothing written after pos) and its compressed blocks,
+    gathering just the keys each branch reads: O(n·l' + window + L/d) per step instead of O(L)."""
+    B, H, _, D = q.shape
+    Hkv, L = k.shape[1], k.shape[2]
+    size, n, w = config.select_block, config.select_count, config.window
+    wide = model.wide_dtype(q.dtype)
+    p_cmp = masked_softmax((q.to(wide) @ model_sparse.repeat_kv(kc, H).transpose(-1, -2).to(wide)) / math.sqrt(D),
+                           cmp_visible(pos, kc.shape[2], config))
+    o_cmp = p_cmp.to(v.dtype) @ model_sparse.repeat_kv(vc, H)
+
+    def attend(keys, ok):  # keys [B, Hkv, N] positions to gather, ok [B, Hkv, N] which of them count
+        idx = keys.clamp(0, L - 1)[..., None].expand(-1, -1, -1, D)
+        mask = ok.repeat_interleave(H // Hkv, dim=1)[:, :, None]
+        return F.scaled_dot_product_attention(q, k.gather(2, idx), v.gather(2, idx), attn_mask=mask, enable_gqa=H != Hkv)
+
+    sel = select_blocks(p_cmp, pos, -(-L // size), config)  # [B, Hkv, 1, Ts]
+    top = sel[:, :, 0].to(torch.int8).topk(min(n, sel.shape[-1]), dim=-1)  # the chosen blocks first
+    keys = (top.indices[..., None] * size + torch.arange(size, device=q.device)).flatten(-2)
+    o_slc = attend(keys, (top.values[..., None] > 0).expand(-1, -1, -1, size).flatten(-2) & (keys <= pos))
+    if w == 0:
+        return o_cmp, o_slc, torch.zeros_like(o_slc)
+    recent = (pos - w + 1 + torch.arange(w, device=q.device)).expand(B, Hkv, w)
+    return o_cmp, o_slc, attend(recent, recent >= 0)
 
 
 def full_resolution_keys(q, k, config):
@@ -409,8 +437,8 @@ class NSAAttention(model.CausalSelfAttention):
             cache.write(k, v, pos)
         if cache is not None and T == 1:
             self._compress_step(cache, pos)
-            y = combine(nsa_branches(q, cache.k.to(q.dtype), cache.v.to(q.dtype), cache.kc[:, :, :-1].to(q.dtype),
-                                     cache.vc[:, :, :-1].to(q.dtype), pos, c), gates)
+            y = combine(nsa_step(q, cache.k.to(q.dtype), cache.v.to(q.dtype), cache.kc[:, :, :-1].to(q.dtype),
+                                 cache.vc[:, :, :-1].to(q.dtype), pos, c), gates)
         else:
             kc, vc = self.compressed(k, v)
             if cache is not None:  # a prefill from position 0: its complete blocks
@@ -431,6 +459,10 @@ class NSAAttention(model.CausalSelfAttention):
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.c_proj(y)), att
 
+    # Run as its own eager call of compiled pieces: inlined into a compiled model, the selection's
+    # BlockMask (its mask_mod closing over this forward's choice) gave wrong outputs and gradients
+    # on an H100 (torch 2.11), while the same pieces called this way match the reference.
+    @torch.compiler.disable
     def _flex(self, q, k, v, kc, vc, gates):
         c, T = self.config, q.shape[2]
         gqa = self.n_kv_head != self.n_head
