@@ -60,6 +60,15 @@ def assert_causal(model, vocab_size=11, T=16):
         assert not torch.allclose(logits[:, t], base[:, t])
 
 
+def decode_stepwise(model, idx, prefill):
+    """Logits of positions prefill-1 .. T-1 of idx [B, T]: a prefill of the first tokens through fresh
+    caches, then one cached step per token (compare with model(idx)[0][:, prefill - 1:])."""
+    caches = model.new_caches(idx.shape[0])
+    steps = [model.step(idx[:, :prefill], torch.arange(prefill), caches)]
+    steps += [model.step(idx[:, t:t + 1], torch.arange(t, t + 1), caches) for t in range(prefill, idx.shape[1])]
+    return torch.stack(steps, 1), caches
+
+
 def assert_fast_path_matches_reference(model, flag, idx, weight, tol=2e-2):
     """bf16 forward + backward with model.config.<flag> (or each of a tuple of flags) on (the fast
     kernel) and off (the PyTorch reference): the logits and the gradient of `weight` agree to a

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import assert_causal, assert_fast_path_matches_reference
+from conftest import assert_causal, assert_fast_path_matches_reference, decode_stepwise
 
 from model import generate_by_recompute
 from model_delta import GPT, VARIANTS, GPTConfig, chunked_delta_rule, implied_attention, recurrent_delta_rule
@@ -83,10 +83,8 @@ def test_recurrent_steps_equal_parallel_form(case):
     idx = torch.randint(0, 11, (2, 40))  # streams: past block_size 16 on the state
     full, _ = m(idx)
     for prompt in (1, 6):  # a prompt shorter than the convolution's reach, and longer
-        caches = m.new_caches(2)
-        steps = [m.step(idx[:, :prompt], torch.arange(prompt), caches)]
-        steps += [m.step(idx[:, t:t + 1], torch.arange(t, t + 1), caches) for t in range(prompt, 40)]
-        torch.testing.assert_close(torch.stack(steps, 1), full[:, prompt - 1:], rtol=0, atol=1e-10)
+        steps, caches = decode_stepwise(m, idx, prompt)
+        torch.testing.assert_close(steps, full[:, prompt - 1:], rtol=0, atol=1e-10)
     assert caches[0].S.shape == (2, 4, m.config.k_dim, m.config.v_dim)  # the state does not grow with T
 
 

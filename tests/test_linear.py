@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_causal, assert_fast_path_matches_reference
+from conftest import assert_causal, assert_fast_path_matches_reference, decode_stepwise
 
 from model import generate_by_recompute
 from model_linear import GPT, GPTConfig, chunked_linear_attention, local_attention
@@ -77,10 +77,8 @@ def test_recurrent_steps_equal_parallel_form(variant):
     model = tiny("none", **variant)
     idx = torch.randint(0, 11, (2, 40))  # streams: past block_size 16 on the state
     full, _ = model(idx)
-    caches = model.new_caches(2)
-    steps = [model.step(idx[:, :6], torch.arange(6), caches)]
-    steps += [model.step(idx[:, t:t + 1], torch.arange(t, t + 1), caches) for t in range(6, 40)]
-    torch.testing.assert_close(torch.stack(steps, 1), full[:, 5:], rtol=0, atol=1e-10)
+    steps, caches = decode_stepwise(model, idx, 6)
+    torch.testing.assert_close(steps, full[:, 5:], rtol=0, atol=1e-10)
     assert caches[0].S.shape == (2, 4, model.config.feature_dim, 9)  # the state does not grow with T
 
 

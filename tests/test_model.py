@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_causal
+from conftest import assert_causal, decode_stepwise
 
 from model import GPT, POS_EMBS, CausalSelfAttention, GPTConfig, generate_by_recompute
 
@@ -67,10 +67,8 @@ def test_cached_steps_equal_recompute(pos_emb, n_kv_head):
     model = tiny(pos_emb, n_kv_head)
     idx = torch.randint(0, 11, (2, 16))
     full, _ = model(idx)
-    caches = model.new_caches(2)
-    steps = [model.step(idx[:, :5], torch.arange(5), caches)]
-    steps += [model.step(idx[:, t:t + 1], torch.arange(t, t + 1), caches) for t in range(5, 16)]
-    torch.testing.assert_close(torch.stack(steps, 1), full[:, 4:], rtol=0, atol=1e-12)
+    steps, _ = decode_stepwise(model, idx, 5)
+    torch.testing.assert_close(steps, full[:, 4:], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("pos_emb", POS_EMBS)

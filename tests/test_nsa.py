@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_causal, assert_fast_path_matches_reference
+from conftest import assert_causal, assert_fast_path_matches_reference, decode_stepwise
 
 import model_nsa
 from model import generate_by_recompute
@@ -165,10 +165,8 @@ def test_decode_steps_equal_the_parallel_forward():
     m = tiny(compression="mlp", **SHAPES[1])
     idx = torch.randint(0, 11, (2, 32))
     full, _ = m(idx)
-    caches = m.new_caches(2)
-    steps = [m.step(idx[:, :5], torch.arange(5), caches)]
-    steps += [m.step(idx[:, t:t + 1], torch.arange(t, t + 1), caches) for t in range(5, 32)]
-    torch.testing.assert_close(torch.stack(steps, 1), full[:, 4:], rtol=0, atol=1e-12)
+    steps, caches = decode_stepwise(m, idx, 5)
+    torch.testing.assert_close(steps, full[:, 4:], rtol=0, atol=1e-12)
     kc = model_nsa.compress(m.transformer.h[0].attn.qkv(m.transformer.h[0].ln_1(m._embed(idx, torch.arange(32))),
                                                         torch.arange(32))[1], m.config, m.transformer.h[0].attn.k_compress)
     torch.testing.assert_close(caches[0].kc[:, :, :-1], kc)  # every block written once it completed

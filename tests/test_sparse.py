@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_causal, assert_fast_path_matches_reference
+from conftest import assert_causal, assert_fast_path_matches_reference, decode_stepwise
 
 import model_sparse
 from model import generate_by_recompute
@@ -112,12 +112,10 @@ def test_generate_equals_recompute(variant, pos_emb):
 
 def test_ring_cache_is_bounded():
     m = tiny("rope", pattern="local_global", window=4, n_global=3)
-    caches = m.new_caches(2)
     idx = torch.randint(0, 11, (2, 60))
     full, _ = m(idx)  # streams: any length
-    steps = [m.step(idx[:, :9], torch.arange(9), caches)]
-    steps += [m.step(idx[:, t:t + 1], torch.arange(t, t + 1), caches) for t in range(9, 60)]
-    torch.testing.assert_close(torch.stack(steps, 1), full[:, 8:], rtol=0, atol=1e-12)
+    steps, caches = decode_stepwise(m, idx, 9)
+    torch.testing.assert_close(steps, full[:, 8:], rtol=0, atol=1e-12)
     assert caches[0].k.shape[2] == 3 + 4
 
 

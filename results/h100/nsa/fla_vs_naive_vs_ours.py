@@ -1,8 +1,17 @@
-# does FLA's parallel_nsa equal FLA's own naive_nsa and our reference, per head dim? (bf16 inputs, peaked scores)
+# Does FLA's parallel_nsa equal FLA's own naive_nsa and our reference, per head dim and block layout?
+# bf16 inputs, window 0, whole outputs and each branch alone (gate of the other set to 0).
+# Run from the repository root on a GPU with flash-linear-attention: PYTHONPATH=. python results/h100/nsa/...
 import torch
 from fla.ops.nsa.naive import naive_nsa
 from fla.ops.nsa.parallel import parallel_nsa
+
 import model_nsa
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
 for D, bs, n in ((32, 32, 4), (44, 32, 4), (48, 32, 4), (64, 64, 16)):
     torch.manual_seed(0)
     T = 1024
@@ -11,18 +20,19 @@ for D, bs, n in ((32, 32, 4), (44, 32, 4), (48, 32, 4), (64, 64, 16)):
     v = torch.randn(1, T, 1, D, device="cuda").bfloat16()
     g = torch.rand(1, T, 16, device="cuda").bfloat16()
     z = torch.zeros_like(g)
-    par = parallel_nsa(q, k, v, g, g, None, block_counts=n, block_size=bs).float()
-    nai = naive_nsa(q, k, v, g, g, None, block_counts=n, block_size=bs).float()
     cfg = model_nsa.GPTConfig(n_embd=16 * D, n_head=16, n_kv_head=1, cmp_block=bs, cmp_stride=bs, select_block=bs,
                               select_count=n, window=0)
     qq, kk, vv = (t.transpose(1, 2) for t in (q, k, v))
     kc, vc = model_nsa.compress(kk, cfg), model_nsa.compress(vv, cfg)
-    gates = torch.stack([g, g, z], -1).transpose(1, 2).float()
-    ours = model_nsa.nsa_reference(qq, kk, vv, kc, vc, gates, cfg).transpose(1, 2).float()
-    par_slc = parallel_nsa(q, k, v, z, g, None, block_counts=n, block_size=bs).float()  # selected only (g_cmp 0)
-    ours_slc = model_nsa.nsa_reference(qq, kk, vv, kc, vc, torch.stack([z, g, z], -1).transpose(1, 2).float(), cfg).transpose(1, 2).float()
-    par_cmp = parallel_nsa(q, k, v, g, z, None, block_counts=n, block_size=bs).float()
-    ours_cmp = model_nsa.nsa_reference(qq, kk, vv, kc, vc, torch.stack([g, z, z], -1).transpose(1, 2).float(), cfg).transpose(1, 2).float()
-    rel = lambda a, b: ((a - b).norm() / b.norm()).item()
-    print(f"D={D} bs={bs} n={n}: parallel vs naive {rel(par, nai):.4f}  parallel vs ours {rel(par, ours):.4f}  "
-          f"naive vs ours {rel(nai, ours):.4f}  | cmp only {rel(par_cmp, ours_cmp):.4f} slc only {rel(par_slc, ours_slc):.4f}")
+
+    def fla(g_cmp, g_slc):
+        return parallel_nsa(q, k, v, g_cmp, g_slc, None, block_counts=n, block_size=bs).float()
+
+    def ours(g_cmp, g_slc):
+        gates = torch.stack([g_cmp, g_slc, z], -1).transpose(1, 2).float()
+        return model_nsa.nsa_reference(qq, kk, vv, kc, vc, gates, cfg).transpose(1, 2).float()
+
+    nai = naive_nsa(q, k, v, g, g, None, block_counts=n, block_size=bs).float()
+    print(f"D={D} bs={bs} n={n}: parallel vs naive {rel(fla(g, g), nai):.4f}  parallel vs ours "
+          f"{rel(fla(g, g), ours(g, g)):.4f}  naive vs ours {rel(nai, ours(g, g)):.4f}  | cmp only "
+          f"{rel(fla(g, z), ours(g, z)):.4f} slc only {rel(fla(z, g), ours(z, g)):.4f}")
