@@ -104,6 +104,10 @@ class GPTConfig(model.GPTConfig):
         """Compressed blocks that fit in T tokens."""
         return 0 if T < self.cmp_block else (T - self.cmp_block) // self.cmp_stride + 1
 
+    def n_select_blocks(self, T):
+        """Selectable blocks that T tokens start (the last may be partial)."""
+        return -(-T // self.select_block)
+
     def fla_layout(self):
         """None if FLA's parallel_nsa computes this configuration's compressed and selected branches, else why not."""
         g, n = self.head_group, self.select_count
@@ -129,7 +133,11 @@ def compress(x, config, mlp=None):
     n = config.n_cmp_blocks(T)
     if n == 0:
         return x.new_zeros(B, H, 0, D)
-    blocks = x.unfold(2, config.cmp_block, config.cmp_stride)[:, :, :n].transpose(-1, -2)  # [B, H, n, l, D]
+    return pool(x.unfold(2, config.cmp_block, config.cmp_stride)[:, :, :n].transpose(-1, -2), mlp)
+
+
+def pool(blocks, mlp=None):
+    """[..., l, D] blocks -> [..., D]: φ, the mean or the MLP."""
     return blocks.mean(-2) if mlp is None else mlp(blocks)
 
 
@@ -167,6 +175,14 @@ def masked_softmax(scores, allowed):
     return torch.softmax(scores, dim=-1).masked_fill(empty, 0.0)
 
 
+def cmp_probs(q, kc, t, config):
+    """The compressed branch's weights [B, H, Q, Tc] for q [B, H, Q, D] at positions t [Q], in float32 at
+    least: the selection ranks them, and bf16-rounded scores would reorder near-ties."""
+    wide = model.wide_dtype(q.dtype)
+    scores = q.to(wide) @ model_sparse.repeat_kv(kc, q.shape[1]).transpose(-1, -2).to(wide)
+    return masked_softmax(scores * (1.0 / math.sqrt(q.shape[-1])), cmp_visible(t, kc.shape[2], config))
+
+
 def select_blocks(p_cmp, t, n_sel, config):
     """The blocks each query group reads. p_cmp [B, H, Q, Tc] compressed probabilities at positions t [Q]
     -> [B, Hkv, Q, Ts] bool (Ts = n_sel). Forced blocks score +inf, blocks after the query's -inf."""
@@ -187,15 +203,11 @@ def nsa_branches(q, k, v, kc, vc, t, config, want_maps=False):
     [B, Hkv, Tk, D] at positions 0..Tk-1 and their compressed blocks kc, vc [B, Hkv, Tc, D].
     Returns (o_cmp, o_slc, o_win) [B, H, Q, D], and with want_maps their [B, H, Q, ·] weights."""
     H, Hkv, Tk = q.shape[1], k.shape[1], k.shape[2]
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    wide = model.wide_dtype(q.dtype)
-    # scores in float32 at least: the selection ranks them, and bf16-rounded scores would reorder near-ties
-    p_cmp = masked_softmax((q.to(wide) @ model_sparse.repeat_kv(kc, H).transpose(-1, -2).to(wide)) * scale,
-                           cmp_visible(t, kc.shape[2], config))
+    p_cmp = cmp_probs(q, kc, t, config)
     o_cmp = p_cmp.to(v.dtype) @ model_sparse.repeat_kv(vc, H)
 
     key = torch.arange(Tk, device=q.device)
-    sel = select_blocks(p_cmp.detach(), t, -(-Tk // config.select_block), config)
+    sel = select_blocks(p_cmp.detach(), t, config.n_select_blocks(Tk), config)
     causal = key[None, :] <= t[:, None]
     slc_keys = (sel[..., key // config.select_block] & causal).repeat_interleave(H // Hkv, dim=1)
     win_keys = causal & (key[None, :] > t[:, None] - config.window)
@@ -224,9 +236,7 @@ def nsa_step(q, k, v, kc, vc, pos, config):
     B, H, _, D = q.shape
     Hkv, L = k.shape[1], k.shape[2]
     size, n, w = config.select_block, config.select_count, config.window
-    wide = model.wide_dtype(q.dtype)
-    p_cmp = masked_softmax((q.to(wide) @ model_sparse.repeat_kv(kc, H).transpose(-1, -2).to(wide)) / math.sqrt(D),
-                           cmp_visible(pos, kc.shape[2], config))
+    p_cmp = cmp_probs(q, kc, pos, config)
     o_cmp = p_cmp.to(v.dtype) @ model_sparse.repeat_kv(vc, H)
 
     def attend(keys, ok):  # keys [B, Hkv, N] positions to gather, ok [B, Hkv, N] which of them count
@@ -234,7 +244,7 @@ def nsa_step(q, k, v, kc, vc, pos, config):
         mask = ok.repeat_interleave(H // Hkv, dim=1)[:, :, None]
         return F.scaled_dot_product_attention(q, k.gather(2, idx), v.gather(2, idx), attn_mask=mask, enable_gqa=H != Hkv)
 
-    sel = select_blocks(p_cmp, pos, -(-L // size), config)  # [B, Hkv, 1, Ts]
+    sel = select_blocks(p_cmp, pos, config.n_select_blocks(L), config)  # [B, Hkv, 1, Ts]
     top = sel[:, :, 0].to(torch.int8).topk(min(n, sel.shape[-1]), dim=-1)  # the chosen blocks first
     keys = (top.indices[..., None] * size + torch.arange(size, device=q.device)).flatten(-2)
     o_slc = attend(keys, (top.values[..., None] > 0).expand(-1, -1, -1, size).flatten(-2) & (keys <= pos))
@@ -249,9 +259,7 @@ def full_resolution_keys(q, k, config):
     selected blocks and its window) for q [B, H, T, D] and k [B, Hkv, T, D]. Forms T×T: only on request."""
     T = q.shape[2]
     t = torch.arange(T, device=q.device)
-    kc = compress(k, config)
-    scores = (q @ model_sparse.repeat_kv(kc, q.shape[1]).transpose(-1, -2)) / math.sqrt(q.shape[-1])
-    sel = select_blocks(masked_softmax(scores, cmp_visible(t, kc.shape[2], config)), t, -(-T // config.select_block), config)
+    sel = select_blocks(cmp_probs(q, compress(k, config), t, config), t, config.n_select_blocks(T), config)
     causal = t[None, :] <= t[:, None]
     return (sel[..., t // config.select_block] | (t[None, :] > t[:, None] - config.window)) & causal
 
@@ -321,14 +329,12 @@ selected_flex = torch.compile(_selected_flex, dynamic=False)
 def selection_for_flex(q, kc, config):
     """[B, Hkv, T, Ts] the selected blocks of every query, scored in row blocks (no T×Tc in memory at once)."""
     T = q.shape[2]
-    scale = 1.0 / math.sqrt(q.shape[-1])
     pos = torch.arange(T, device=q.device)
-    kr = model_sparse.repeat_kv(kc, q.shape[1]).transpose(-1, -2).float()
     out = []
     for s in range(0, T, SELECT_ROWS):
         e = min(s + SELECT_ROWS, T)
-        p = masked_softmax((q[:, :, s:e].float() @ kr) * scale, cmp_visible(pos[s:e], kc.shape[2], config))
-        out.append(select_blocks(p, pos[s:e], -(-T // config.select_block), config))
+        p = cmp_probs(q[:, :, s:e], kc, pos[s:e], config)
+        out.append(select_blocks(p, pos[s:e], config.n_select_blocks(T), config))
     return torch.cat(out, dim=2)
 
 
@@ -480,8 +486,7 @@ class NSAAttention(model.CausalSelfAttention):
         start = pos + 1 - c.cmp_block
         idx = start.clamp(min=0) + torch.arange(c.cmp_block, device=pos.device)
         kb, vb = (t.index_select(2, idx).unsqueeze(2) for t in (cache.k, cache.v))  # [B, Hkv, 1, l, D]
-        kc = kb.mean(-2) if self.k_compress is None else self.k_compress(kb)
-        vc = vb.mean(-2) if self.v_compress is None else self.v_compress(vb)
+        kc, vc = pool(kb, self.k_compress), pool(vb, self.v_compress)
         done = (start >= 0) & (start % c.cmp_stride == 0)
         cache.write_compressed(kc, vc, torch.where(done, start.div(c.cmp_stride, rounding_mode="floor"), cache.n_blocks))
 

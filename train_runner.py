@@ -26,7 +26,6 @@ import contextlib
 import csv
 import difflib
 import importlib
-import importlib.util
 import io
 import json
 import math
