@@ -99,8 +99,10 @@ learning_rates = "5e-4,1e-3,2e-3"  # each run's min_lr is its learning_rate / 10
 seeds = "1337"
 target_params = 0  # 0: the vanilla entry's parameter count; each family is matched to within 3%
 sweep_dir = ""  # '' = results/<cpu or cuda>
-sweep_workers = 0  # processes that share the sweep's runs; 0 = one per visible GPU (one on a CPU)
+sweep_workers = 0  # processes that share the sweep's runs; 0 = runs_per_gpu per visible GPU (one on a CPU)
+runs_per_gpu = 1  # sweep workers on each GPU at once: the small models are launch-bound, so several fill it better
 sweep_worker = -1  # set by the sweep for each of its workers
+gpu_share = 1  # set by the sweep: how many of its workers share this one's GPU (a run's tokens/s is its share)
 # benchmarks: the sweep's models, or for a benchmark stage alone, --models (model_types with these settings)
 models = ""  # comma-separated model_types; '' = model_type
 seq_lens = "256,1024,4096,16384,65536"  # bench_layer and bench_memory
@@ -666,7 +668,11 @@ def run(cfg, prefix="", group=None):
         raise UserError(f"dtype={dtype} needs a GPU here; use --dtype=float32 on {device}")
 
     # everything that can fail on bad input happens before the first write
+    if ddp and not master:
+        dist.barrier()  # rank 0 prepares a dataset's files first: the others would race it to write them
     data = load_tokens(cfg["dataset"], cfg["block_size"], device)
+    if ddp and master:
+        dist.barrier()
     vocab_size = dataset_vocab(cfg["dataset"])
     torch.manual_seed(cfg["seed"])
     model = build(cfg, vocab_size)
@@ -744,7 +750,7 @@ def run(cfg, prefix="", group=None):
             "flops_per_iter": flops_per_iter, "kernel_path": raw_model.kernel_paths(device_type),
             "peak_memory_mib": (torch.cuda.max_memory_allocated(device) if device_type == "cuda"
                                 else peak_rss_bytes()) / 2**20,
-            "wall_time_s": time.time() - t_start, "device": device, "dtype": dtype,
+            "wall_time_s": time.time() - t_start, "device": device, "dtype": dtype, "gpu_share": cfg["gpu_share"],
             "config": cfg, "environment": env, "curves": curves,
         }
         if master:
@@ -1096,7 +1102,7 @@ def sweep(cfg, sweep_paths=(), raw=None):
     print(f"[sweep] parameter matching, target {target:,}:\n" + "\n".join(lines))
 
     runs = [(name, lr, seed) for name in specs for lr in split(cfg["learning_rates"], float) for seed in split(cfg["seeds"], int)]
-    workers = cfg["sweep_workers"] or (torch.cuda.device_count() if cfg["device"].startswith("cuda") else 1)
+    workers = cfg["sweep_workers"] or (len(visible_gpus()) * cfg["runs_per_gpu"] if cfg["device"].startswith("cuda") else 1)
     if workers > 1 and cfg["sweep_worker"] < 0:
         spread(cfg, root, sweep_paths, raw, workers)
         return specs
@@ -1138,18 +1144,34 @@ def sweep(cfg, sweep_paths=(), raw=None):
     return specs
 
 
+def visible_gpus():
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (all of them when it is unset)."""
+    named = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return split(named) if named is not None else [str(i) for i in range(torch.cuda.device_count())]
+
+
+def deal(workers, gpus):
+    """Each worker's GPU: round-robin, so that the GPUs carry as even a share as the count allows."""
+    if not gpus:
+        raise UserError("device is cuda but CUDA_VISIBLE_DEVICES leaves no GPU for the sweep's workers")
+    return [gpus[i % len(gpus)] for i in range(workers)]
+
+
 def spread(cfg, root, sweep_paths, raw, workers):
-    """Run the sweep as `workers` processes, one per GPU (CUDA_VISIBLE_DEVICES), each taking the next
-    run no other has claimed; wait for all of them. Claims left by a killed sweep are cleared first."""
+    """Run the sweep as `workers` processes dealt round-robin over the visible GPUs (CUDA_VISIBLE_DEVICES),
+    each taking the next run no other has claimed; wait for all of them. Claims left by a killed sweep
+    are cleared first."""
     for claim in root.glob("runs/*/.claimed"):
         claim.unlink()
-    args = [*sweep_paths, *(f"--{k}={v}" for k, v in raw.items() if k not in ("stage", "sweep_worker"))]
+    args = [*sweep_paths, *(f"--{k}={v}" for k, v in raw.items() if k not in ("stage", "sweep_worker", "gpu_share"))]
+    gpus = deal(workers, visible_gpus()) if cfg["device"].startswith("cuda") else [None] * workers
     procs = []
-    for i in range(workers):
-        env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": str(i)} if cfg["device"].startswith("cuda") else {}))
+    for i, gpu in enumerate(gpus):
+        env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+        share = gpus.count(gpu) if gpu is not None else 1
         procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args, "--stage=sweep",
-                                       f"--sweep_worker={i}"], env=env))
-    print(f"[sweep] {workers} workers started, one per {'GPU' if cfg['device'].startswith('cuda') else 'process'}")
+                                       f"--sweep_worker={i}", f"--gpu_share={share}"], env=env))
+    print(f"[sweep] {workers} workers started" + (f" on GPU(s) {', '.join(sorted(set(gpus)))}" if gpus[0] else ""))
     failed = [i for i, p in enumerate(procs) if p.wait() != 0]
     if failed:
         raise UserError(f"sweep worker(s) {failed} failed (their output is above); re-run to resume")
@@ -1211,6 +1233,7 @@ def report(cfg):
             "val_perplexity": math.exp(best) if best is not None else None, "seeds": len(group),
             "tokens_per_sec": mean_std([m.get("tokens_per_sec") for m in group])[0],
             "mfu": mean_std([m.get("mfu") for m in group])[0],
+            "gpu_share": max((m.get("gpu_share", 1) for m in group), default=1),
             "kernel_path": sorted({p for m in ms for p in m.get("kernel_path") or []}),
             "status": {s: sum(m["status"] == s for m in ms) for s in sorted({m["status"] for m in ms})},
             "lr_sweep": {str(lr): v for lr, v in sorted(lr_best.items())},
@@ -1231,6 +1254,8 @@ def report(cfg):
 
 
 def write_report_md(root, models, env):
+    def shared(m):  # a run that shared its GPU with other sweep workers measured its share of it
+        return f" (GPU shared by {m['gpu_share']})" if m.get("gpu_share", 1) > 1 else ""
     lines = [f"# Bake-off: {root}", "",
              f"Hardware: {env.get('gpu') or 'CPU (' + str(env.get('cpu_threads')) + ' threads)'}; torch {env.get('torch')}, "
              f"triton {env.get('triton', '–')}, commit {env.get('git_commit')}. Made by `python train_runner.py` "
@@ -1239,7 +1264,7 @@ def write_report_md(root, models, env):
         ["model", "params", "best LR", "best val (± std)", "final val", "ppl", "seeds", "tokens/s", "MFU", "kernels", "runs"],
         ([name, fmt(m["params"], ","), fmt(m["best_lr"], "g"),
           fmt(m["best_val_loss"]) + (f" ± {m['best_val_loss_std']:.4f}" if m["seeds"] > 1 else ""),
-          fmt(m["final_val_loss"]), fmt(m["val_perplexity"], ".2f"), m["seeds"], fmt(m["tokens_per_sec"], ",.0f"),
+          fmt(m["final_val_loss"]), fmt(m["val_perplexity"], ".2f"), m["seeds"], fmt(m["tokens_per_sec"], ",.0f") + shared(m),
           fmt(m["mfu"] and 100 * m["mfu"], ".1f") + ("%" if m["mfu"] else ""), ", ".join(m["kernel_path"]),
           ", ".join(f"{v} {k}" for k, v in m["status"].items())] for name, m in models.items()))
     for key, title, spec in (("ms_per_token", "Decoding, ms/token at batch 1, by context length", ".3f"),

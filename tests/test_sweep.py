@@ -152,3 +152,12 @@ def test_workers_share_the_sweep_and_each_run_is_trained_once(tiny_sweep, capfd)
             assert out.count(f": {m} lr={lr} seed=1337") == 1, (m, lr)
     train_runner.sweep(cfg, paths, raw)  # a second time: every worker finds every run done
     assert not list(runs.glob("*/.claimed"))
+
+
+def test_workers_are_dealt_round_robin_over_the_visible_gpus(monkeypatch):
+    assert train_runner.deal(5, ["2", "3"]) == ["2", "3", "2", "3", "2"]  # runs_per_gpu 2-3: shared GPUs
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert train_runner.visible_gpus() == ["4", "6"]  # the names the user gave, not 0..n-1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(train_runner.UserError, match="leaves no GPU"):
+        train_runner.deal(2, train_runner.visible_gpus())
