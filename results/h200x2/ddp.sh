@@ -10,9 +10,9 @@ args="--gradient_accumulation_steps=2 --wandb_log=False"
 two="torchrun --standalone --nproc_per_node=2 train_runner.py"
 timed() { local name=$1; shift; local t=$EPOCHREALTIME; "$@" > "$out/$name.log" 2>&1; local rc=$?
   echo "$name rc=$rc wall_s=$(awk "BEGIN {print $EPOCHREALTIME - $t}")" | tee -a "$out/walls.txt"; }
-timed one_gpu python train_runner.py config/train_shakespeare_char.py $args --out_dir="$out/one_gpu"
-timed two_gpus $two config/train_shakespeare_char.py $args --out_dir="$out/two_gpus"
+timed one_gpu timeout 220 python train_runner.py config/train_shakespeare_char.py $args --out_dir="$out/one_gpu"
+timed two_gpus timeout 220 $two config/train_shakespeare_char.py $args --out_dir="$out/two_gpus"
 for f in linear sparse delta gated_delta delta_product nsa; do
-  timed "family_$f" $two "config/train_shakespeare_char_$f.py" $args --compile=False --max_iters=100 \
+  timed "family_$f" timeout 90 $two "config/train_shakespeare_char_$f.py" $args --compile=False --max_iters=100 \
     --eval_interval=50 --eval_iters=20 --log_interval=25 --out_dir="$out/family_$f"
 done
