@@ -715,6 +715,13 @@ def run(cfg, prefix="", group=None):
         model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device_type == "cuda" else None)
     # compiled with CUDA graphs, each forward starts a new graph step (a no-op in the other modes)
     new_step = torch.compiler.cudagraph_mark_step_begin if cfg["compile"] else (lambda: None)
+    # A backward replayed as a CUDA graph hands its gradients out in memory that the next replay reuses. A
+    # .grad that is None takes that memory over, so the next micro-step would overwrite what it accumulates
+    # (pytorch#169545): with several micro-steps the gradients stay allocated and each one is added in.
+    keep_grads = cfg["compile"] and cfg["compile_mode"] == "reduce-overhead" and device_type == "cuda" and micro_steps > 1
+    if keep_grads:
+        for p in raw_model.parameters():
+            p.grad = torch.zeros_like(p)
     autocast = torch.autocast(device_type=device_type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
     tokens_per_iter = micro_steps * world * cfg["batch_size"] * cfg["block_size"]  # across all processes
@@ -810,7 +817,7 @@ def run(cfg, prefix="", group=None):
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         scaler.step(optimizer)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=not keep_grads)
         iter_num += 1
         steps += 1
 

@@ -238,3 +238,16 @@ def test_benchmarks_on_cpu(tmp_path):
         common, stage="bench_decode", decode_lens="8,32")))
     assert all(0 < r["ms_per_token"] < 1_000 for r in decode["rows"])
     assert json.loads((tmp_path / "bench_decode.json").read_text())["rows"] == decode["rows"]
+
+
+@pytest.mark.gpu
+def test_cuda_graph_training_accumulates_micro_steps_like_eager(shakespeare, tmp_path):
+    # the backward's CUDA graph reuses its output memory on the next micro-step (pytorch#169545): gradients
+    # accumulated over 4 micro-steps must match eager accumulation, not crash or keep only the last one
+    common = dict(TINY, device="cuda", dtype="float32", gradient_accumulation_steps=4, log_interval=1, max_iters=12,
+                  eval_interval=12, warmup_iters=0)
+    graphs = train(overrides=dict(common, compile=True, compile_mode="reduce-overhead", out_dir=str(tmp_path / "g")))
+    eager = train(overrides=dict(common, out_dir=str(tmp_path / "e")))
+    a, b = [row[1] for row in graphs["curves"]["train"]], [row[1] for row in eager["curves"]["train"]]
+    assert len(a) == 12 and a[0] == pytest.approx(b[0], rel=1e-3)
+    assert a == pytest.approx(b, rel=2e-2) and a[-1] < a[0] - 0.5

@@ -1,11 +1,11 @@
 #!/bin/bash
-# The sweep on one GPU and on two, from cold compile caches: 2 models x 2 learning rates, 3000 iterations each.
+# The sweep on one GPU and on two, from cold compile caches: 2 models x 2 learning rates, 1500 iterations each.
 #   bash results/h200x2/sweep.sh DIR
 set -uo pipefail
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 out=${1:-/tmp/sweep}
 mkdir -p "$out"
-args="--stage=sweep --models_to_test=vanilla,rope --learning_rates=1e-3,2e-3 --seeds=1337 --wandb_log=False"
+args="--stage=sweep --models_to_test=vanilla,rope --learning_rates=1e-3,2e-3 --seeds=1337 --max_iters=1500 --lr_decay_iters=1500 --wandb_log=False"
 timed() { local name=$1; shift; local t=$EPOCHREALTIME; "$@" > "$out/$name.log" 2>&1; local rc=$?
   echo "$name rc=$rc wall_s=$(awk "BEGIN {print $EPOCHREALTIME - $t}")" | tee -a "$out/walls.txt"; }
 TORCHINDUCTOR_CACHE_DIR=/tmp/cache_one TRITON_CACHE_DIR=/tmp/cache_one/triton CUDA_VISIBLE_DEVICES=0 \
