@@ -1114,7 +1114,13 @@ def sweep(cfg, sweep_paths=(), raw=None):
         spread(cfg, root, sweep_paths, raw, workers)
         return specs
     started, trained = time.time(), 0
-    for k, (name, lr, seed) in enumerate(runs, 1):
+    order = list(enumerate(runs, 1))
+    if cfg["sweep_worker"] >= 0:  # workers start on different models, so that each model compiles once and
+        # the runs after it find it in the compile cache, instead of all workers compiling the first at once
+        first = list(specs)[cfg["sweep_worker"] * len(specs) // workers]
+        at = next(i for i, (_, (name, _, _)) in enumerate(order) if name == first)
+        order = order[at:] + order[:at]
+    for k, (name, lr, seed) in order:
         out = root / "runs" / f"{name}_lr{lr:g}_s{seed}"
         prior = read_metrics(out)
         if prior.get("status") in ("done", "diverged", "oom", "failed"):
@@ -1170,14 +1176,15 @@ def spread(cfg, root, sweep_paths, raw, workers):
     are cleared first."""
     for claim in root.glob("runs/*/.claimed"):
         claim.unlink()
-    args = [*sweep_paths, *(f"--{k}={v}" for k, v in raw.items() if k not in ("stage", "sweep_worker", "gpu_share"))]
+    args = [*sweep_paths, *(f"--{k}={v}" for k, v in raw.items()
+                            if k not in ("stage", "sweep_worker", "sweep_workers", "gpu_share"))]
     gpus = deal(workers, visible_gpus()) if cfg["device"].startswith("cuda") else [None] * workers
     procs = []
     for i, gpu in enumerate(gpus):
         env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
         share = gpus.count(gpu) if gpu is not None else 1
         procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args, "--stage=sweep",
-                                       f"--sweep_worker={i}", f"--gpu_share={share}"], env=env))
+                                       f"--sweep_worker={i}", f"--sweep_workers={workers}", f"--gpu_share={share}"], env=env))
     print(f"[sweep] {workers} workers started" + (f" on GPU(s) {', '.join(sorted(set(gpus)))}" if gpus[0] else ""))
     failed = [i for i, p in enumerate(procs) if p.wait() != 0]
     if failed:

@@ -161,3 +161,13 @@ def test_workers_are_dealt_round_robin_over_the_visible_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(train_runner.UserError, match="leaves no GPU"):
         train_runner.deal(2, train_runner.visible_gpus())
+
+
+def test_a_worker_starts_on_its_own_model_so_that_workers_compile_different_ones(tiny_sweep, capsys):
+    cfg, paths, raw = tiny_sweep
+    raw = dict(raw, models_to_test="vanilla,linear", learning_rates="1e-3,2e-3")
+    cfg = dict(cfg, models_to_test="vanilla,linear", learning_rates="1e-3,2e-3", sweep_worker=1, sweep_workers=2)
+    train_runner.sweep(cfg, paths, raw)  # worker 1 of 2, alone: it takes linear's runs first, then vanilla's
+    started = [line.split(": ", 1)[1].split(" seed")[0] for line in capsys.readouterr().out.splitlines()
+               if line.startswith("[sweep] run ")]
+    assert started == ["linear lr=0.001", "linear lr=0.002", "vanilla lr=0.001", "vanilla lr=0.002"]
