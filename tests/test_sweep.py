@@ -123,6 +123,7 @@ def test_bakeoff_config_is_the_default_job():
     assert cfg["stage"] == "bakeoff" and cfg["max_iters"] == 300 and cfg["seeds"] == "1337"
     gpu = configure(train_runner.DEFAULTS, [str(ROOT / "config" / "bakeoff.py")], raw_overrides={"device": "cuda"})
     assert gpu["max_iters"] == 3000 and len(gpu["seeds"].split(",")) == 3  # the model configs' own lengths apply
+    assert gpu["runs_per_gpu"] == 3 and cfg["runs_per_gpu"] == 1  # shared GPUs: results/h100/sharing
 
 
 def specs_for(**raw):
