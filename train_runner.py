@@ -25,6 +25,7 @@ import builtins
 import contextlib
 import csv
 import difflib
+import hashlib
 import importlib
 import io
 import json
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import traceback
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -912,6 +914,16 @@ def timed_median(fn, device_type, trials):
     return sorted(times)[len(times) // 2]
 
 
+def bench_key(stage, name, settings, T, cfg):
+    """What a benchmark row's number depends on, hashed: the model as built, the length, the batch, the
+    repeats, the device and torch."""
+    module, _ = load_family(settings["model_type"])
+    what = {"stage": stage, "model": name, "T": T, "trials": cfg["trials"], "device": cfg["device"],
+            "torch": torch.__version__, "tokens_per_batch": cfg["tokens_per_batch"] if stage != "bench_decode" else None,
+            **{k: settings.get(k) for k in family_fields(module)}}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def is_oom(e):
     return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
@@ -925,10 +937,18 @@ def bench(cfg, specs=None):
     specs = specs or bench_specs(cfg)
     check_trackers(cfg)
     tracker = Tracker(cfg, stage, {"task": "lm", "stage": stage})
-    rows = []
+    path = Path(cfg["out_dir"]) / f"{stage}.json"
+    # rows already measured with the same settings are kept, so a killed benchmark resumes where it stopped
+    done = {r["key"]: r for r in (json.loads(path.read_text()).get("rows", []) if path.exists() else []) if "key" in r}
+    rows, env = [], environment()
     for T in split(cfg["decode_lens" if stage == "bench_decode" else "seq_lens"], int):
         for name, settings in specs:
-            row = {"model": name, "T": T}
+            key = bench_key(stage, name, settings, T, cfg)
+            if key in done:
+                rows.append(done[key])
+                print(json.dumps(done[key]) + f"  (kept from {path})")
+                continue
+            row = {"model": name, "T": T, "key": key}
             if device_type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -977,12 +997,14 @@ def bench(cfg, specs=None):
             rows.append(row)
             print(json.dumps(row))
             tracker.log({f"{name}/{k}": v for k, v in row.items() if k in ("ms", "ms_per_token", "peak_mib")}, T)
-    result = {"stage": stage, "rows": rows, "environment": environment(), "config": cfg}
-    write_json(Path(cfg["out_dir"]) / f"{stage}.json", result)
+            write_json(path, {"stage": stage, "rows": [*rows, *(r for r in done.values() if r not in rows)],
+                              "environment": env, "config": cfg})
+    result = {"stage": stage, "rows": rows, "environment": env, "config": cfg}
+    write_json(path, result)
     table = bench_table(stage, rows, device_type)
     atomic_write(Path(cfg["out_dir"]) / f"{stage}.md", lambda f: f.write(table.encode()))
     print(table)
-    tracker.artifacts([Path(cfg["out_dir"]) / f"{stage}.json"])
+    tracker.artifacts([path])
     tracker.finish()
     return result
 
@@ -1113,7 +1135,7 @@ def sweep(cfg, sweep_paths=(), raw=None):
     if workers > 1 and cfg["sweep_worker"] < 0:
         spread(cfg, root, sweep_paths, raw, workers)
         return specs
-    started, trained = time.time(), 0
+    started, trained, failures = time.time(), 0, []
     order = list(enumerate(runs, 1))
     if cfg["sweep_worker"] >= 0:  # workers start on different models, so that each model compiles once and
         # the runs after it find it in the compile cache, instead of all workers compiling the first at once
@@ -1143,17 +1165,21 @@ def sweep(cfg, sweep_paths=(), raw=None):
             run(run_cfg, prefix=f"[{k}/{len(runs)} {name}] ", group=root.name)
         except TrainingDiverged as e:  # metrics.json already says 'diverged'
             print(f"[sweep] {out.name} diverged: {e}")
-        except (torch.OutOfMemoryError, RuntimeError, UserError) as e:
-            if isinstance(e, RuntimeError) and not is_oom(e):
-                raise
-            status = "oom" if is_oom(e) else "failed"
-            write_json(out / "metrics.json", dict(prior, status=status, error=str(e).splitlines()[0],
+        except Exception as e:  # out of memory, a bad setting, or a crash (a kernel's error, a bug): recorded,
+            # with the traceback, and the sweep goes on to the other runs; delete the folder to try it again
+            status, line = "oom" if is_oom(e) else "failed", f"{type(e).__name__}: {e}".strip().splitlines()[0]
+            write_json(out / "metrics.json", dict(prior, status=status, error=line,
                                                   model_type=specs[name]["model_type"], config=run_cfg))
-            print(f"[sweep] {out.name}: {status}: {str(e).splitlines()[0]}")
+            atomic_write(out / "error.log", lambda f: f.write(traceback.format_exc().encode()))
+            failures.append(out.name)
+            print(f"[sweep] {out.name}: {status}: {line} (traceback in {out / 'error.log'})")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         trained += 1
         (out / ".claimed").unlink(missing_ok=True)
+    if failures:
+        print(f"[sweep] {len(failures)} run(s) did not finish: {', '.join(failures)}; each folder's metrics.json and "
+              "error.log say why, and a re-run skips them until their folder is deleted")
     return specs
 
 

@@ -101,6 +101,26 @@ def test_a_diverging_run_is_recorded_and_the_sweep_goes_on(tiny_sweep):
     assert models["vanilla"]["best_lr"] == 1e-3 and models["vanilla"]["status"] == {"diverged": 1, "done": 1}
 
 
+def test_a_crashing_run_is_recorded_with_its_traceback_and_the_sweep_goes_on(tiny_sweep, monkeypatch, capsys):
+    cfg, paths, raw = tiny_sweep
+    cfg = dict(cfg, models_to_test="vanilla,linear")
+    real = train_runner.run
+
+    def crash_linear(run_cfg, *a, **k):
+        if run_cfg["model_type"] == "linear":
+            raise AssertionError("a kernel's own check failed")
+        return real(run_cfg, *a, **k)
+    monkeypatch.setattr(train_runner, "run", crash_linear)
+    train_runner.sweep(cfg, paths, dict(raw, models_to_test="vanilla,linear"))
+    runs = train_runner.sweep_root(cfg) / "runs"
+    failed = json.loads((runs / "linear_lr0.001_s1337" / "metrics.json").read_text())
+    assert failed["status"] == "failed" and failed["error"] == "AssertionError: a kernel's own check failed"
+    assert "crash_linear" in (runs / "linear_lr0.001_s1337" / "error.log").read_text()  # the whole traceback
+    assert json.loads((runs / "vanilla_lr0.001_s1337" / "metrics.json").read_text())["status"] == "done"
+    assert "1 run(s) did not finish: linear_lr0.001_s1337" in capsys.readouterr().out
+    assert train_runner.report(cfg)["linear"]["status"] == {"failed": 1}
+
+
 def test_bench_memory_records_out_of_memory_as_a_row(tmp_path, monkeypatch):
     cfg = configure(train_runner.DEFAULTS, overrides=dict(models="vanilla", n_embd=32, n_head=4, n_layer=2, trials=1,
                                                           device="cpu", stage="bench_memory", seq_lens="16,32",
@@ -113,7 +133,8 @@ def test_bench_memory_records_out_of_memory_as_a_row(tmp_path, monkeypatch):
         return real(settings, block_size, *a, **k)
     monkeypatch.setattr(train_runner, "build_for", build_or_fail)
     rows = train_runner.bench(cfg)["rows"]
-    assert rows[0]["T"] == 16 and rows[0]["ms"] > 0 and rows[1] == {"model": "vanilla", "T": 32, "status": "OOM"}
+    assert rows[0]["T"] == 16 and rows[0]["ms"] > 0 and {k: v for k, v in rows[1].items() if k != "key"} == {
+        "model": "vanilla", "T": 32, "status": "OOM"}
     table = (tmp_path / "bench_memory.md").read_text()
     assert "| model | 16 | 32 |" in table and table.rstrip().endswith("| OOM |")
 
@@ -172,3 +193,32 @@ def test_a_worker_starts_on_its_own_model_so_that_workers_compile_different_ones
     started = [line.split(": ", 1)[1].split(" seed")[0] for line in capsys.readouterr().out.splitlines()
                if line.startswith("[sweep] run ")]
     assert started == ["linear lr=0.001", "linear lr=0.002", "vanilla lr=0.001", "vanilla lr=0.002"]
+
+
+class Killed(BaseException):
+    """The process being stopped from outside (a time limit, Ctrl-C), as the code under test sees it."""
+
+
+def test_a_benchmark_keeps_the_rows_it_measured_and_resumes_after_a_kill(tmp_path, monkeypatch):
+    cfg = configure(train_runner.DEFAULTS, overrides=dict(models="vanilla,linear", n_embd=32, n_head=4, n_layer=2,
+                                                          trials=1, device="cpu", stage="bench_memory", seq_lens="16,32",
+                                                          tokens_per_batch=64, out_dir=str(tmp_path)))
+    real, built, kill = train_runner.build_for, [], [True]
+
+    def build_until_killed(settings, block_size, *a, **k):
+        built.append((settings["model_type"], block_size))
+        if kill[0] and len(built) == 3:
+            raise Killed  # during the third measurement
+        return real(settings, block_size, *a, **k)
+    monkeypatch.setattr(train_runner, "build_for", build_until_killed)
+    with pytest.raises(Killed):
+        train_runner.bench(cfg)
+    kept = json.loads((tmp_path / "bench_memory.json").read_text())["rows"]
+    assert [(r["model"], r["T"]) for r in kept] == [("vanilla", 16), ("linear", 16)]  # written as they were measured
+    built.clear()
+    kill[0] = False
+    rows = train_runner.bench(cfg)["rows"]  # the re-run measures only what is missing
+    assert built == [("vanilla", 32), ("linear", 32)] and rows[:2] == kept and all(r["ms"] > 0 for r in rows)
+    built.clear()
+    train_runner.bench(dict(cfg, trials=2))  # other settings: measured again
+    assert len(built) == 4
