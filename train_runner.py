@@ -1130,23 +1130,38 @@ def sweep(cfg, sweep_paths=(), raw=None):
     atomic_write(root / "param_matching.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     print(f"[sweep] parameter matching, target {target:,}:\n" + "\n".join(lines))
 
-    runs = [(name, lr, seed) for name in specs for lr in split(cfg["learning_rates"], float) for seed in split(cfg["seeds"], int)]
+    runs = [(f"{name}_lr{lr:g}_s{seed}", name, f"{name} lr={lr:g} seed={seed}",
+             dict(specs[name], learning_rate=lr, min_lr=lr / 10, seed=seed))
+            for name in specs for lr in split(cfg["learning_rates"], float) for seed in split(cfg["seeds"], int)]
+    train_runs(cfg, root, runs, "sweep", sweep_paths, raw)
+    return specs
+
+
+def train_runs(cfg, root, runs, stage, sweep_paths, raw):
+    """Train each run, a (folder, model, description, settings), into <root>/runs/<folder>/. Finished runs
+    (done, diverged, out of memory, failed) are skipped and interrupted ones resumed from their checkpoint.
+    With several workers (sweep_workers, or runs_per_gpu per visible GPU) this process starts them, as
+    `--stage=<stage>`, and waits; a worker (sweep_worker >= 0) claims each run before it trains it."""
     workers = cfg["sweep_workers"] or (len(visible_gpus()) * cfg["runs_per_gpu"] if cfg["device"].startswith("cuda") else 1)
+    if cfg["sweep_worker"] < 0:  # the data is there (prepared now if it can be), before any run or worker starts
+        for dataset, block_size in sorted({(s["dataset"], s["block_size"]) for _, _, _, s in runs}):
+            load_tokens(dataset, block_size, "cpu")
     if workers > 1 and cfg["sweep_worker"] < 0:
-        spread(cfg, root, sweep_paths, raw, workers)
-        return specs
+        spread(cfg, root, sweep_paths, raw, workers, stage)
+        return
     started, trained, failures = time.time(), 0, []
     order = list(enumerate(runs, 1))
     if cfg["sweep_worker"] >= 0:  # workers start on different models, so that each model compiles once and
         # the runs after it find it in the compile cache, instead of all workers compiling the first at once
-        first = list(specs)[cfg["sweep_worker"] * len(specs) // workers]
-        at = next(i for i, (_, (name, _, _)) in enumerate(order) if name == first)
+        models = list(dict.fromkeys(model for _, model, _, _ in runs))
+        first = models[cfg["sweep_worker"] * len(models) // workers]
+        at = next(i for i, (_, (_, model, _, _)) in enumerate(order) if model == first)
         order = order[at:] + order[:at]
-    for k, (name, lr, seed) in order:
-        out = root / "runs" / f"{name}_lr{lr:g}_s{seed}"
+    for k, (folder, model, what, settings) in order:
+        out = root / "runs" / folder
         prior = read_metrics(out)
         if prior.get("status") in ("done", "diverged", "oom", "failed"):
-            print(f"[sweep] run {k}/{len(runs)}: {out.name} already {prior['status']}, skipped")
+            print(f"[{stage}] run {k}/{len(runs)}: {folder} already {prior['status']}, skipped")
             continue
         if cfg["sweep_worker"] >= 0:  # one of several workers: take this run only if no other has
             out.mkdir(parents=True, exist_ok=True)
@@ -1155,32 +1170,32 @@ def sweep(cfg, sweep_paths=(), raw=None):
             except FileExistsError:
                 continue
         left = len(runs) - k + 1
-        eta = f", sweep ETA {(time.time() - started) / trained * left / 60:.1f} min" if trained else ""
+        eta = f", {stage} ETA {(time.time() - started) / trained * left / 60:.1f} min" if trained else ""
         resume = (out / "ckpt.pt").exists()
-        print(f"[sweep] run {k}/{len(runs)}: {name} lr={lr:g} seed={seed}{' (resuming)' if resume else ''}{eta}")
-        run_cfg = dict(specs[name], learning_rate=lr, min_lr=lr / 10, seed=seed, out_dir=str(out), stage="train",
-                       init_from="resume" if resume else "scratch", always_save_checkpoint=True,
-                       wandb_run_name=f"{name}_lr{lr:g}_s{seed}")
+        print(f"[{stage}] run {k}/{len(runs)}: {what}{' (resuming)' if resume else ''}{eta}")
+        run_cfg = dict(settings, out_dir=str(out), stage="train", init_from="resume" if resume else "scratch",
+                       always_save_checkpoint=True, wandb_run_name=folder)
         try:
-            run(run_cfg, prefix=f"[{k}/{len(runs)} {name}] ", group=root.name)
+            run(run_cfg, prefix=f"[{k}/{len(runs)} {model}] ", group=root.name)
         except TrainingDiverged as e:  # metrics.json already says 'diverged'
-            print(f"[sweep] {out.name} diverged: {e}")
-        except Exception as e:  # out of memory, a bad setting, or a crash (a kernel's error, a bug): recorded,
+            print(f"[{stage}] {folder} diverged: {e}")
+        except UserError:
+            raise  # bad input stops the whole job with its one line, before this run writes anything
+        except Exception as e:  # out of memory, or a crash (a kernel's error, a bug): recorded,
             # with the traceback, and the sweep goes on to the other runs; delete the folder to try it again
             status, line = "oom" if is_oom(e) else "failed", f"{type(e).__name__}: {e}".strip().splitlines()[0]
             write_json(out / "metrics.json", dict(prior, status=status, error=line,
-                                                  model_type=specs[name]["model_type"], config=run_cfg))
+                                                  model_type=settings["model_type"], config=run_cfg))
             atomic_write(out / "error.log", lambda f: f.write(traceback.format_exc().encode()))
-            failures.append(out.name)
-            print(f"[sweep] {out.name}: {status}: {line} (traceback in {out / 'error.log'})")
+            failures.append(folder)
+            print(f"[{stage}] {folder}: {status}: {line} (traceback in {out / 'error.log'})")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         trained += 1
         (out / ".claimed").unlink(missing_ok=True)
     if failures:
-        print(f"[sweep] {len(failures)} run(s) did not finish: {', '.join(failures)}; each folder's metrics.json and "
-              "error.log say why, and a re-run skips them until their folder is deleted")
-    return specs
+        print(f"[{stage}] {len(failures)} run(s) did not finish: {', '.join(failures)}; each folder's metrics.json "
+              "and error.log say why, and a re-run skips them until their folder is deleted")
 
 
 def visible_gpus():
@@ -1196,8 +1211,8 @@ def deal(workers, gpus):
     return [gpus[i % len(gpus)] for i in range(workers)]
 
 
-def spread(cfg, root, sweep_paths, raw, workers):
-    """Run the sweep as `workers` processes dealt round-robin over the visible GPUs (CUDA_VISIBLE_DEVICES),
+def spread(cfg, root, sweep_paths, raw, workers, stage):
+    """Run a stage's runs as `workers` processes dealt round-robin over the visible GPUs (CUDA_VISIBLE_DEVICES),
     each taking the next run no other has claimed; wait for all of them. Claims left by a killed sweep
     are cleared first."""
     for claim in root.glob("runs/*/.claimed"):
@@ -1209,12 +1224,12 @@ def spread(cfg, root, sweep_paths, raw, workers):
     for i, gpu in enumerate(gpus):
         env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
         share = gpus.count(gpu) if gpu is not None else 1
-        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args, "--stage=sweep",
+        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args, f"--stage={stage}",
                                        f"--sweep_worker={i}", f"--sweep_workers={workers}", f"--gpu_share={share}"], env=env))
-    print(f"[sweep] {workers} workers started" + (f" on GPU(s) {', '.join(sorted(set(gpus)))}" if gpus[0] else ""))
+    print(f"[{stage}] {workers} workers started" + (f" on GPU(s) {', '.join(sorted(set(gpus)))}" if gpus[0] else ""))
     failed = [i for i, p in enumerate(procs) if p.wait() != 0]
     if failed:
-        raise UserError(f"sweep worker(s) {failed} failed (their output is above); re-run to resume")
+        raise UserError(f"{stage} worker(s) {failed} failed (their output is above); re-run to resume")
 
 
 # -----------------------------------------------------------------------------
@@ -1669,33 +1684,41 @@ def state_bytes(model):
     return walk(model.new_caches(1, torch.device("cpu"), torch.bfloat16))
 
 
-def mqar_sweep(cfg):
-    """Train each family of --models at each width of mqar_widths on MQAR; write <sweep_dir>/mqar.md,
-    mqar.json and plots/mqar_*.png. Finished runs are skipped, as in the sweep."""
+def mqar_sweep(cfg, sweep_paths=(), raw=None):
+    """Train each family of --models at each width of mqar_widths and each of learning_rates on MQAR, as
+    the sweep trains (workers, resume, failures recorded); then, for each family and width, its best
+    learning rate by val accuracy goes into <sweep_dir>/mqar.md, mqar.json and plots/mqar_*.png."""
     root = sweep_root(cfg)
     check_trackers(cfg)
-    specs, widths, rows = bench_specs(cfg), split(cfg["mqar_widths"], int), []
-    for k, ((name, settings), width) in enumerate(((s, w) for s in specs for w in widths), 1):
-        out = root / "runs" / f"{name}_d{width}"
-        prior = read_metrics(out)
-        if prior.get("status") != "done":
-            print(f"[mqar] run {k}/{len(specs) * len(widths)}: {name}, width {width}")
-            run(dict(settings, n_embd=width, out_dir=str(out), stage="train", always_save_checkpoint=True,
-                     init_from="resume" if (out / "ckpt.pt").exists() else "scratch"),
-                prefix=f"[{name} d{width}] ", group=root.name)
-        m = read_metrics(out)
-        model = model_from_checkpoint(read_checkpoint(out / "ckpt.pt"))
-        rows.append({"model": name, "model_type": settings["model_type"], "width": width, "params": m["params"],
-                     "state_bytes": state_bytes(model), "accuracy": m["val_accuracy_by_slice"],
-                     "kernel_path": m["kernel_path"]})
+    specs, widths, lrs = bench_specs(cfg), split(cfg["mqar_widths"], int), split(cfg["learning_rates"], float)
+    runs = [(f"{name}_d{width}_lr{lr:g}", f"{name}_d{width}", f"{name}, width {width}, lr={lr:g}",
+             dict(settings, n_embd=width, learning_rate=lr, min_lr=lr / 10))
+            for name, settings in specs for width in widths for lr in lrs]
+    train_runs(cfg, root, runs, "mqar", sweep_paths, dict(raw or {}))
+    if cfg["sweep_worker"] >= 0:
+        return []  # a worker only trains: the process that started the workers writes the report
+    rows = []
+    for name, settings in specs:
+        for width in widths:
+            tried = {lr: read_metrics(root / "runs" / f"{name}_d{width}_lr{lr:g}") for lr in lrs}
+            done = {lr: m for lr, m in tried.items() if m.get("status") == "done"}
+            best = max(done, key=lambda lr: done[lr]["best_val_accuracy"]) if done else None
+            m = done.get(best, {})
+            rows.append({"model": name, "model_type": settings["model_type"], "width": width, "learning_rate": best,
+                         "params": count_params(dict(settings, n_embd=width)),
+                         "state_bytes": state_bytes(build_for(dict(settings, n_embd=width), settings["block_size"])),
+                         "accuracy": m.get("val_accuracy_by_slice"), "kernel_path": m.get("kernel_path"),
+                         "lr_sweep": {f"{lr:g}": t.get("best_val_accuracy", t.get("status")) for lr, t in tried.items()}})
+    if not any(r["accuracy"] for r in rows):
+        raise UserError(f"no MQAR run under {root}/runs finished; their metrics.json and error.log say why")
     write_json(root / "mqar.json", {"rows": rows, "environment": environment(), "config": cfg})
-    slices = [s for s in rows[0]["accuracy"] if s != "all"]
+    slices = [s for s in next(r["accuracy"] for r in rows if r["accuracy"]) if s != "all"]
     lines = [f"# MQAR recall: {root}", "", "Accuracy at the query positions of the val set, per (sequence length x kv pairs); "
              "state = bytes of decoding state per sequence at the full context. Made by "
              "`python train_runner.py config/mqar.py --stage=mqar`.", ""]
-    lines += markdown_table(["model", "width", "params", "state bytes", *slices, "all"],
-                            ([r["model"], r["width"], f"{r['params']:,}", f"{r['state_bytes']:,}",
-                              *(f"{r['accuracy'][s]:.3f}" for s in [*slices, "all"])] for r in rows))
+    lines += markdown_table(["model", "width", "params", "state bytes", "best LR", *slices, "all"],
+                            ([r["model"], r["width"], f"{r['params']:,}", f"{r['state_bytes']:,}", fmt(r["learning_rate"], "g"),
+                              *(fmt(r["accuracy"] and r["accuracy"][s], ".3f") for s in [*slices, "all"])] for r in rows))
     atomic_write(root / "mqar.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     plot_mqar(root, rows, slices)
     print("\n".join(lines))
@@ -1709,14 +1732,14 @@ def plot_mqar(root, rows, slices):
     fig, axes = plt.subplots(1, len(slices), figsize=(3.4 * len(slices), 3.2), squeeze=False)
     for ax, s in zip(axes[0], slices):
         for name in models:
-            pts = [(r["width"], r["accuracy"][s]) for r in rows if r["model"] == name]
+            pts = [(r["width"], r["accuracy"][s]) for r in rows if r["model"] == name and r["accuracy"]]
             ax.plot(*zip(*pts), marker="o", label=name)
         ax.set(title=f"seq x kv pairs = {s}", xlabel="model width", ylabel="accuracy", xscale="log", ylim=(0, 1.02))
     axes[0][0].legend(fontsize=7)
     save_png(fig, root / "plots" / "mqar_accuracy.png")
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in models:
-        pts = [(r["state_bytes"], r["accuracy"]["all"]) for r in rows if r["model"] == name]
+        pts = [(r["state_bytes"], r["accuracy"]["all"]) for r in rows if r["model"] == name and r["accuracy"]]
         ax.plot(*zip(*pts), marker="o", label=name)
     ax.set(xlabel="decoding state per sequence (bytes)", ylabel="MQAR accuracy (all slices)", xscale="log", ylim=(0, 1.02))
     ax.legend(fontsize=8)
@@ -1748,7 +1771,7 @@ def main(argv):
     if stage == "report":
         return report(cfg)
     if stage == "mqar":
-        return mqar_sweep(cfg)
+        return mqar_sweep(cfg, paths, raw)
     if stage in ("eval", "inspect"):  # on the checkpoint's own dataset unless --dataset names another
         return (eval_checkpoint if stage == "eval" else inspect)(cfg, raw.get("dataset"))
     raise UserError(f"unknown stage '{stage}'; choose train, bakeoff, sweep, bench_layer, bench_decode, bench_memory, "

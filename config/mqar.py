@@ -2,7 +2,8 @@
 # the accuracy only at the query positions.
 #   python data/mqar/prepare.py                        # (GPU) Zoology's setting; --profile=small for a CPU
 #   python train_runner.py config/mqar.py              # one model: --model_type=...
-#   python train_runner.py config/mqar.py --stage=mqar # every family of `models` at each of mqar_widths
+#   python train_runner.py config/mqar.py --stage=mqar # every family of `models` at each of mqar_widths and
+#                                                      # learning_rates; the best rate of each goes in the table
 dataset = "mqar"
 out_dir = "out-mqar"
 models = "vanilla,sparse,linear,delta,delta_product"
@@ -12,10 +13,11 @@ pos_emb = "none"  # the convolution carries order; every family takes 'none'
 eval_interval, eval_iters, log_interval, warmup_iters = 500, 20, 100, 100
 if device == "cpu":  # noqa: F821 (train_runner settles `device` before reading this file): the small profile
     block_size, batch_size, n_embd, mqar_widths = 64, 32, 64, "32,64"
-    learning_rate, min_lr, max_iters, lr_decay_iters = 3e-3, 3e-4, 600, 600
+    learning_rate, min_lr, max_iters, lr_decay_iters, learning_rates = 3e-3, 3e-4, 600, 600, "3e-3"
     eval_interval, eval_iters, log_interval, compile = 200, 5, 100, False
     sweep_dir = "results/mqar-cpu"
 else:
     block_size, batch_size, n_embd, mqar_widths = 1024, 256, 128, "64,128,256"
     learning_rate, min_lr, max_iters, lr_decay_iters = 3e-3, 3e-4, 4000, 4000
+    learning_rates = "1e-3,3.2e-3,1e-2"  # log-spaced within Zoology's 1e-3 ... 10^-1.5
     sweep_dir = "results/mqar"

@@ -83,12 +83,15 @@ def test_state_bytes_follow_each_family_cache():
 def test_recall_stage_writes_its_table_and_plots(mqar_data, tmp_path):
     cfg = train_runner.configure(train_runner.DEFAULTS, [str(ROOT / "config" / "mqar.py")], raw_overrides=dict(
         device="cpu", models="vanilla,delta", mqar_widths="16,32", block_size="24", batch_size="16", max_iters="4",
-        lr_decay_iters="4", eval_interval="2", log_interval="2", sweep_dir=str(tmp_path / "recall")))
+        lr_decay_iters="4", eval_interval="2", log_interval="2", learning_rates="1e-3,1e-2",
+        sweep_dir=str(tmp_path / "recall")))
     rows = train_runner.mqar_sweep(cfg)
     assert [(r["model"], r["width"]) for r in rows] == [("vanilla", 16), ("vanilla", 32), ("delta", 16), ("delta", 32)]
     assert all(0 <= r["accuracy"]["all"] <= 1 and r["state_bytes"] > 0 for r in rows)
+    for r in rows:  # each family and width at its best learning rate by val accuracy
+        assert set(r["lr_sweep"]) == {"0.001", "0.01"} and r["lr_sweep"][f"{r['learning_rate']:g}"] == max(r["lr_sweep"].values())
     md = (tmp_path / "recall" / "mqar.md").read_text()
-    assert "| model | width | params | state bytes | 16x2 | 24x4 | all |" in md
+    assert "| model | width | params | state bytes | best LR | 16x2 | 24x4 | all |" in md
     assert json.loads((tmp_path / "recall" / "mqar.json").read_text())["rows"][0]["accuracy"] == rows[0]["accuracy"]
     for png in ("mqar_accuracy.png", "mqar_state.png"):
         assert (tmp_path / "recall" / "plots" / png).stat().st_size > 2000
