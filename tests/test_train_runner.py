@@ -1,5 +1,6 @@
 """train_runner.py: configuration, bad input, checkpoints, resume, divergence, a real short run."""
 
+import contextlib
 import json
 import math
 import subprocess
@@ -251,3 +252,25 @@ def test_cuda_graph_training_accumulates_micro_steps_like_eager(shakespeare, tmp
     a, b = [row[1] for row in graphs["curves"]["train"]], [row[1] for row in eager["curves"]["train"]]
     assert len(a) == 12 and a[0] == pytest.approx(b[0], rel=1e-3)
     assert a == pytest.approx(b, rel=2e-2) and a[-1] < a[0] - 0.5
+
+
+def test_evaluation_in_groups_reads_the_same_windows_and_gives_the_same_mean():
+    torch.manual_seed(0)
+    m = model_module.GPT(model_module.GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32)).eval()
+    data = {"train": torch.randint(0, 65, (5000,)), "val": torch.randint(0, 65, (3000,))}
+    seen = {}
+
+    def evaluate(group):
+        calls = []
+        real = m.forward
+        m.forward = lambda X, Y: (calls.append(X.shape[0]), real(X, Y))[1]
+        try:
+            return train_runner.evaluate(m, data, 4, 16, 12, 7, contextlib.nullcontext(), group=group), calls
+        finally:
+            del m.forward
+    for group in (1, 4, 8):  # 8 does not divide 12 batches: groups of 4 (one compiled shape)
+        seen[group] = evaluate(group)
+    one, calls_one = seen[1]
+    assert calls_one == [4] * 24 and seen[4][1] == [16] * 6 and seen[8][1] == [16] * 6
+    for group in (4, 8):
+        assert seen[group][0] == pytest.approx(one, rel=1e-6)
