@@ -1161,7 +1161,7 @@ def train_runs(cfg, root, runs, stage, sweep_paths, raw):
         first = models[cfg["sweep_worker"] * len(models) // workers]
         at = next(i for i, (_, (_, model, _, _)) in enumerate(order) if model == first)
         order = order[at:] + order[:at]
-    for k, (folder, model, what, settings) in order:
+    for pos, (k, (folder, model, what, settings)) in enumerate(order):
         out = root / "runs" / folder
         prior = read_metrics(out)
         if prior.get("status") in ("done", "diverged", "oom", "failed"):
@@ -1173,7 +1173,7 @@ def train_runs(cfg, root, runs, stage, sweep_paths, raw):
                 os.close(os.open(out / ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 continue
-        left = len(runs) - k + 1
+        left = (len(order) - pos) / max(1, workers if cfg["sweep_worker"] >= 0 else 1)  # the workers share what is left
         eta = f", {stage} ETA {(time.time() - started) / trained * left / 60:.1f} min" if trained else ""
         resume = (out / "ckpt.pt").exists()
         print(f"[{stage}] run {k}/{len(runs)}: {what}{' (resuming)' if resume else ''}{eta}")
