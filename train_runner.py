@@ -1426,10 +1426,20 @@ def plot_report(root, by_model, models, benches):
 # -----------------------------------------------------------------------------
 # looking inside a model: evaluation of a checkpoint, attention maps, head ablation
 
-def is_distribution(att, tol=1e-3):
-    """Whether every row of a map is a probability distribution (softmax, normalised linear attention).
-    The delta rule's implied map is a signed mixing matrix: rows need not sum to 1 or stay >= 0."""
-    return bool(att.min() >= -tol and (att.sum(-1) - 1).abs().max() <= tol)
+def map_kind(att, tol=1e-3):
+    """What a map's rows are: 'distribution' (each sums to 1: softmax, normalised linear attention),
+    'weights' (non-negative, other sums: NSA's gated sum of three distributions, each row summing to its
+    gates) or 'signed' (the delta rule's implied map, a mixing matrix with negative entries)."""
+    if att.min() < -tol:
+        return "signed"
+    return "distribution" if (att.sum(-1) - 1).abs().max() <= tol else "weights"
+
+
+def as_distribution(att):
+    """Non-negative rows scaled to sum to 1 (a row of no weight stays 0): where a layer reads, for entropy
+    and distance."""
+    total = att.sum(-1, keepdim=True)
+    return torch.where(total > 0, att / total.clamp_min(1e-12), att)
 
 
 def attention_entropy(att):
@@ -1543,7 +1553,9 @@ def inspect(cfg, dataset=None):
         with torch.no_grad():
             _, _, maps = model(idx, return_attn=True)
         maps = [None if a is None else a[0].float().cpu() for a in maps]  # per layer [H, T, T]
-        dist = [a is not None and is_distribution(a) for a in maps]
+        kinds = [None if a is None else map_kind(a) for a in maps]
+        # where a layer reads (entropy, distance) is defined for non-negative maps, not for signed ones
+        reads = [as_distribution(a) if k in ("distribution", "weights") else None for a, k in zip(maps, kinds)]
         c = ckpt["config"]
 
         def val_loss():  # over ablation_iters of the batches its training evaluated on
@@ -1556,13 +1568,12 @@ def inspect(cfg, dataset=None):
             for head in [*range(H), None]:
                 with ablated(model, layer, head):
                     increase[layer, H if head is None else head] = val_loss() - base
-        found[name] = (maps, dist, increase, ids)
+        found[name] = (maps, kinds, increase, ids)
         summary[name] = {
-            "checkpoint": str(path), "model_type": ckpt["model_type"], "val_loss": base,
-            "maps_are_distributions": dist,
-            "entropy": [attention_entropy(a).tolist() if d else None for a, d in zip(maps, dist)],
-            "distance": [attention_distance(a).mean().item() if d else None for a, d in zip(maps, dist)],
-            "local_ratio": [local_ratio(a, cfg["local_window"]).mean().item() if d else None for a, d in zip(maps, dist)],
+            "checkpoint": str(path), "model_type": ckpt["model_type"], "val_loss": base, "map_kinds": kinds,
+            "entropy": [attention_entropy(a).tolist() if a is not None else None for a in reads],
+            "distance": [attention_distance(a).mean().item() if a is not None else None for a in reads],
+            "local_ratio": [local_ratio(a, cfg["local_window"]).mean().item() if a is not None else None for a in reads],
             "ablation_val_loss_increase": {"per_head": increase[:, :H].tolist(), "whole_layer": increase[:, H].tolist()},
         }
         print(f"[inspect] {name}: val loss {base:.4f}; the head that matters most: layer "
@@ -1576,27 +1587,29 @@ def inspect(cfg, dataset=None):
         ax.text(0.5, 0.5, textwrap.fill(why, 28), ha="center", va="center", fontsize=7)
         ax.set_axis_off()
 
-    def show(ax, a, distribution):  # a signed map gets a diverging scale centred on 0
+    def show(ax, a, kind):  # a signed map gets a diverging scale centred on 0
         m = a.abs().max().item() or 1.0
-        ax.imshow(a, cmap="viridis") if distribution else ax.imshow(a, cmap="RdBu_r", vmin=-m, vmax=m)
+        ax.imshow(a, cmap="RdBu_r", vmin=-m, vmax=m) if kind == "signed" else ax.imshow(a, cmap="viridis")
+
+    notes = {"distribution": "", "weights": "\n(gated: rows sum to the gates)", "signed": "\n(signed mixing, not a distribution)"}
 
     names = list(found)
     L = max(len(found[n][0]) for n in names)
     fig, axes = plt.subplots(len(names), L, figsize=(2.2 * L, 2.3 * len(names)), squeeze=False)
     for r, name in enumerate(names):
-        maps, dist = found[name][0], found[name][1]
+        maps, kinds = found[name][0], found[name][1]
         for layer in range(L):
             ax = axes[r][layer]
             if layer >= len(maps) or maps[layer] is None:
                 no_map(ax, "no attention map")
                 continue
-            show(ax, maps[layer].mean(0), dist[layer])
-            ax.set_title(f"{name} L{layer}" + ("" if dist[layer] else "\n(signed mixing, not a distribution)"), fontsize=7)
+            show(ax, maps[layer].mean(0), kinds[layer])
+            ax.set_title(f"{name} L{layer}" + notes[kinds[layer]], fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
     save(fig, "attention_patterns.png")
     for name in names:  # every head of every layer, one file per model
-        maps, dist = found[name][0], found[name][1]
+        maps, kinds = found[name][0], found[name][1]
         H = max(a.shape[0] for a in maps if a is not None)
         fig, axes = plt.subplots(len(maps), H, figsize=(1.6 * H, 1.6 * len(maps)), squeeze=False)
         for layer, a in enumerate(maps):
@@ -1604,7 +1617,7 @@ def inspect(cfg, dataset=None):
                 if a is None:
                     no_map(axes[layer][h], "no map")
                     continue
-                show(axes[layer][h], a[h], dist[layer])
+                show(axes[layer][h], a[h], kinds[layer])
                 axes[layer][h].set_title(f"L{layer} H{h}", fontsize=6)
                 axes[layer][h].set_axis_off()
         save(fig, f"attention_patterns_{name}.png")
@@ -1613,11 +1626,12 @@ def inspect(cfg, dataset=None):
     for ax, name in zip(axes[0], names):
         ent = summary[name]["entropy"]
         if not all(e is not None for e in ent):
-            no_map(ax, f"{name}: its maps are not distributions (the delta rule's implied map is a signed "
-                       "mixing matrix), so attention entropy is not defined")
+            no_map(ax, f"{name}: its maps are signed (the delta rule's implied map is a mixing matrix), so "
+                       "attention entropy is not defined")
             continue
         im = ax.imshow(torch.tensor(ent), cmap="magma")
-        ax.set(title=f"{name}: entropy (nats)", xlabel="head", ylabel="layer")
+        gated = "weights" in summary[name]["map_kinds"]
+        ax.set(title=f"{name}: entropy (nats{', rows normalised' if gated else ''})", xlabel="head", ylabel="layer")
         fig.colorbar(im, ax=ax, fraction=0.046)
     save(fig, "attention_entropy.png")
 
@@ -1630,7 +1644,7 @@ def inspect(cfg, dataset=None):
     b.set(xlabel="layer", ylabel=f"weight within the last {cfg['local_window']} tokens")
     for ax in (a, b):
         ax.legend(fontsize=8)
-    fig.suptitle("models whose maps are not distributions (delta rule) are left out", fontsize=8)
+    fig.suptitle("signed maps (the delta rule) are left out; gated ones (NSA) count with rows normalised", fontsize=8)
     save(fig, "attention_distance.png")
 
     fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3), squeeze=False)

@@ -10,7 +10,7 @@ import torch
 from conftest import TINY
 
 import train_runner
-from train_runner import ablated, attention_distance, attention_entropy, configure, is_distribution, local_ratio, train
+from train_runner import ablated, as_distribution, attention_distance, attention_entropy, configure, local_ratio, map_kind, train
 
 T = 6
 
@@ -33,19 +33,23 @@ def test_statistics_on_maps_with_known_answers():
     assert attention_entropy(stacked).shape == (2,)
 
 
-def test_only_row_stochastic_maps_count_as_distributions():
-    assert is_distribution(uniform_causal()) and is_distribution(torch.eye(T))
-    assert not is_distribution(uniform_causal() * 2)
-    assert not is_distribution(torch.eye(T) - 0.5 * torch.diag(torch.ones(T - 1), -1))
+def test_maps_are_told_apart_by_their_rows():
+    assert map_kind(uniform_causal()) == map_kind(torch.eye(T)) == "distribution"
+    assert map_kind(uniform_causal() * 0.7) == "weights"  # non-negative, rows summing to a gate
+    assert map_kind(torch.eye(T) - 0.5 * torch.diag(torch.ones(T - 1), -1)) == "signed"
+    assert torch.allclose(as_distribution(uniform_causal() * 0.7), uniform_causal())
+    assert torch.equal(as_distribution(torch.zeros(3, 3)), torch.zeros(3, 3))  # a row of no weight stays 0
 
 
-@pytest.mark.parametrize("model_type, kw", [("vanilla", {}), ("linear", {}), ("sparse", {"window": 4}),
-                                            ("delta", {"variant": "gated_deltaproduct"})])
-def test_family_maps_are_or_are_not_distributions(model_type, kw):
+@pytest.mark.parametrize("model_type, kw, kind", [
+    ("vanilla", {}, "distribution"), ("linear", {}, "distribution"), ("sparse", {"window": 4}, "distribution"),
+    ("delta", {"variant": "gated_deltaproduct"}, "signed"),  # the delta rule's map is a signed mixing matrix
+    ("nsa", {"n_kv_head": 1, "cmp_block": 4, "cmp_stride": 4, "select_block": 4, "window": 4}, "weights")])
+def test_family_maps_are_distributions_gated_weights_or_signed(model_type, kw, kind):
     module, _ = train_runner.load_family(model_type)
     model = module.GPT(module.GPTConfig(block_size=16, vocab_size=11, n_layer=1, n_head=2, n_embd=16, **kw)).eval()
     _, _, maps = model(torch.randint(0, 11, (1, 12)), return_attn=True)
-    assert is_distribution(maps[0][0]) == (model_type != "delta")  # the delta rule's map is a signed mixing matrix
+    assert map_kind(maps[0][0]) == kind
 
 
 @pytest.mark.parametrize("model_type", ["vanilla", "linear", "delta"])
@@ -89,7 +93,7 @@ def test_inspect_writes_every_plot(tiny_run, tmp_path):
     summary = train_runner.inspect(cfg)
     (name, s), = summary.items()
     assert len(s["entropy"]) == 2 and len(s["entropy"][0]) == 4  # layers x heads of TINY
-    assert len(s["ablation_val_loss_increase"]["per_head"]) == 2 and all(d for d in s["maps_are_distributions"])
+    assert len(s["ablation_val_loss_increase"]["per_head"]) == 2 and s["map_kinds"] == ["distribution"] * 2
     for png in ("attention_patterns", f"attention_patterns_{name}", "attention_entropy", "attention_distance",
                 "attention_masks", "head_ablation"):
         assert (out / "inspect" / f"{png}.png").stat().st_size > 2000, png
