@@ -1538,6 +1538,7 @@ def inspect(cfg, dataset=None):
     """Attention maps, entropy, distance and head ablation of one checkpoint or each sweep model's best,
     as PNGs and JSON in <folder>/inspect/ (folder: the checkpoint's, or the sweep's)."""
     plt = pyplot()
+    env = environment()  # before this writes anything: its own files would mark the checkout dirty
 
     targets = inspect_targets(cfg)
     single = cfg["ckpt_path"] or (Path(cfg["out_dir"]) / "ckpt.pt").exists()
@@ -1675,7 +1676,7 @@ def inspect(cfg, dataset=None):
     axes[-1].set_title(f"NSA: 3 blocks of 8 + window {w}\n(random q, k)", fontsize=8)
     axes[-1].set_axis_off()
     save(fig, "attention_masks.png")
-    write_json(folder / "inspect.json", {"text": cfg["text"], "models": summary, "environment": environment()})
+    write_json(folder / "inspect.json", {"text": cfg["text"], "models": summary, "environment": env})
     lines = [f"# Head ablation: val loss increase when one head (or a layer's whole attention) is zeroed, "
              f"over {cfg['ablation_iters']} val batches", ""]
     for name in names:
@@ -1707,7 +1708,7 @@ def mqar_sweep(cfg, sweep_paths=(), raw=None):
     """Train each family of --models at each width of mqar_widths and each of learning_rates on MQAR, as
     the sweep trains (workers, resume, failures recorded); then, for each family and width, its best
     learning rate by val accuracy goes into <sweep_dir>/mqar.md, mqar.json and plots/mqar_*.png."""
-    root = sweep_root(cfg)
+    root, env = sweep_root(cfg), environment()  # before this writes anything: its own files would mark the checkout dirty
     check_trackers(cfg)
     specs, widths, lrs = bench_specs(cfg), split(cfg["mqar_widths"], int), split(cfg["learning_rates"], float)
     runs = [(f"{name}_d{width}_lr{lr:g}", f"{name}_d{width}", f"{name}, width {width}, lr={lr:g}",
@@ -1730,7 +1731,7 @@ def mqar_sweep(cfg, sweep_paths=(), raw=None):
                          "lr_sweep": {f"{lr:g}": t.get("best_val_accuracy", t.get("status")) for lr, t in tried.items()}})
     if not any(r["accuracy"] for r in rows):
         raise UserError(f"no MQAR run under {root}/runs finished; their metrics.json and error.log say why")
-    write_json(root / "mqar.json", {"rows": rows, "environment": environment(), "config": cfg})
+    write_json(root / "mqar.json", {"rows": rows, "environment": env, "config": cfg})
     slices = [s for s in next(r["accuracy"] for r in rows if r["accuracy"]) if s != "all"]
     lines = [f"# MQAR recall: {root}", "", "Accuracy at the query positions of the val set, per (sequence length x kv pairs); "
              "state = bytes of decoding state per sequence at the full context. Made by "
