@@ -90,6 +90,18 @@ def test_rows_before_the_first_block_get_zero_from_it_with_finite_gradients():
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
+@pytest.mark.parametrize("size, stride, select", [(4, 4, 4), (8, 4, 8), (4, 2, 6), (32, 16, 64), (16, 2, 4), (6, 3, 3)])
+def test_block_importance_equals_the_dense_overlap_product(size, stride, select):
+    cfg = GPTConfig(n_embd=32, n_head=4, cmp_block=size, cmp_stride=stride, select_block=select)
+    T = 101
+    n_cmp, n_sel = cfg.n_cmp_blocks(T), cfg.n_select_blocks(T)
+    i, j = torch.arange(n_cmp)[:, None] * stride, torch.arange(n_sel)[None, :] * select
+    dense = (torch.minimum(i + size, j + select) - torch.maximum(i, j)).clamp(min=0).double() / size  # |i ∩ j| / l
+    p = torch.rand(2, 3, n_cmp, dtype=torch.double)
+    torch.testing.assert_close(model_nsa.block_importance(p, n_sel, cfg), p @ dense, rtol=0, atol=1e-14)
+    assert model_nsa.block_importance(p[..., :0], n_sel, cfg).abs().sum() == 0  # no complete block yet
+
+
 def test_selection_reads_n_blocks_always_the_first_previous_and_current():
     cfg = GPTConfig(n_embd=32, n_head=4, cmp_block=4, cmp_stride=4, select_block=4, select_count=4)
     t = torch.arange(40)
