@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 ARGS = ["--device=cpu", "--n_layer=2", "--n_head=4", "--n_embd=32", "--block_size=32", "--dropout=0.0", "--eval_iters=4",
@@ -36,3 +37,15 @@ def test_accumulation_steps_must_divide_among_processes(shakespeare, tmp_path):
     r = train(tmp_path / "bad", 2, "--gradient_accumulation_steps=3")
     assert r.returncode != 0 and "must be a multiple of the 2 processes" in r.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("family", ["linear", "sparse", "delta_product", "nsa"])
+def test_every_family_trains_under_ddp(shakespeare, tmp_path, family):
+    # DDP refuses a model whose parameters miss a gradient (it would wait for them forever), and each family
+    # adds parameters of its own: gates, short convolutions, compression MLPs
+    r = train(tmp_path / family, 2, "--gradient_accumulation_steps=2", f"--model_type={family}", "--max_iters=20",
+              "--lr_decay_iters=20", "--eval_interval=10", *(["--n_kv_head=1", "--cmp_block=8", "--cmp_stride=8",
+                                                             "--select_block=8", "--window=8"] if family == "nsa" else []))
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / family / "metrics.json").read_text())
+    assert m["status"] == "done" and m["model_type"] == family and m["best_val_loss"] < m["curves"]["val"][0][2] - 0.3
