@@ -436,16 +436,21 @@ def recall_accuracy(model, data, batch_size, autocast):
     return dict(acc, all=sum(hits.values()) / max(1, sum(counts.values())))
 
 
+EVAL_LOGITS = 2**27  # logits of a grouped evaluation batch, at most: 0.5 GB in float32
+
+
 @torch.no_grad()
 def evaluate(model, data, batch_size, block_size, eval_iters, seed, autocast, before_forward=lambda: None,
-             splits=("train", "val"), group=1):
+             splits=("train", "val"), group=1, vocab_size=1):
     """Mean loss over eval_iters batches of each split; the generator is seeded with `seed`, so the
     batches are the same every time (and the same as training's evaluations with seed = its seed + 1).
-    `group` of them go through the model as one batch (a divisor of eval_iters, so one shape compiles):
-    the same windows and, for a token stream, the same mean, with fewer and larger launches."""
+    Up to `group` of them go through the model as one batch: the same windows and, for a token stream,
+    the same mean, in fewer and larger launches. The group divides eval_iters (one shape compiles), and
+    grows a batch only while its logits stay under EVAL_LOGITS elements (a vocabulary of 50k or 8k at a
+    long context already fills that)."""
     split0 = data[splits[0]]
     gen = torch.Generator(device=(split0["inputs"] if isinstance(split0, dict) else split0).device).manual_seed(seed)
-    group = math.gcd(eval_iters, max(1, group))
+    group = math.gcd(eval_iters, max(1, min(group, EVAL_LOGITS // (batch_size * block_size * vocab_size))))
     result = {}
     for split in splits:
         total = torch.zeros((), device=gen.device)
@@ -742,7 +747,7 @@ def run(cfg, prefix="", group=None):
     def estimate_loss():
         model.eval()
         result = evaluate(model, data, cfg["batch_size"], cfg["block_size"], cfg["eval_iters"], cfg["seed"] + 1,
-                          autocast, new_step, group=cfg["eval_group"])
+                          autocast, new_step, group=cfg["eval_group"], vocab_size=vocab_size)
         model.train()
         return result
 
@@ -1503,7 +1508,7 @@ def eval_checkpoint(cfg, dataset=None):
     model, ckpt, data = load_for_analysis(path, cfg["device"], dataset)
     c = ckpt["config"]
     losses = evaluate(model, data, c["batch_size"], c["block_size"], c["eval_iters"], c["seed"] + 1, contextlib.nullcontext(),
-                      group=cfg["eval_group"])
+                      group=cfg["eval_group"], vocab_size=model.config.vocab_size)
     result = {"checkpoint": str(path), "model_type": ckpt["model_type"], "iter": ckpt["iter_num"],
               "dataset": dataset or c["dataset"], "val_loss": losses["val"], "train_loss": losses["train"],
               "val_perplexity": math.exp(losses["val"]), "best_val_loss_at_training": ckpt["best_val_loss"],
@@ -1561,7 +1566,8 @@ def inspect(cfg, dataset=None):
 
         def val_loss():  # over ablation_iters of the batches its training evaluated on
             return evaluate(model, data, c["batch_size"], c["block_size"], cfg["ablation_iters"], c["seed"] + 1,
-                            contextlib.nullcontext(), splits=("val",), group=cfg["eval_group"])["val"]
+                            contextlib.nullcontext(), splits=("val",), group=cfg["eval_group"],
+                            vocab_size=model.config.vocab_size)["val"]
         base = val_loss()
         L, H = model.config.n_layer, model.config.n_head
         increase = torch.zeros(L, H + 1)

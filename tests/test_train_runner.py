@@ -260,17 +260,21 @@ def test_evaluation_in_groups_reads_the_same_windows_and_gives_the_same_mean():
     data = {"train": torch.randint(0, 65, (5000,)), "val": torch.randint(0, 65, (3000,))}
     seen = {}
 
-    def evaluate(group):
+    def evaluate(group, vocab_size=65):
         calls = []
         real = m.forward
         m.forward = lambda X, Y: (calls.append(X.shape[0]), real(X, Y))[1]
         try:
-            return train_runner.evaluate(m, data, 4, 16, 12, 7, contextlib.nullcontext(), group=group), calls
+            return train_runner.evaluate(m, data, 4, 16, 12, 7, contextlib.nullcontext(), group=group,
+                                         vocab_size=vocab_size), calls
         finally:
             del m.forward
     for group in (1, 4, 8):  # 8 does not divide 12 batches: groups of 4 (one compiled shape)
         seen[group] = evaluate(group)
     one, calls_one = seen[1]
     assert calls_one == [4] * 24 and seen[4][1] == [16] * 6 and seen[8][1] == [16] * 6
+    huge = train_runner.EVAL_LOGITS // (4 * 16 * 3)  # logits of 3 batches fit, not 4: groups of 3 (a divisor of 12)
+    assert evaluate(8, vocab_size=huge)[1] == [12] * 8
+    assert evaluate(8, vocab_size=train_runner.EVAL_LOGITS)[1] == [4] * 24  # one batch alone always goes
     for group in (4, 8):
         assert seen[group][0] == pytest.approx(one, rel=1e-6)
