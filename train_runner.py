@@ -720,7 +720,9 @@ def run(cfg, prefix="", group=None):
         del ckpt
     raw_model = model
     if cfg["compile"]:
-        model = torch.compile(model, mode=None if cfg["compile_mode"] == "default" else cfg["compile_mode"])
+        # static shapes: training's and evaluation's batches each keep one shape, and dynamo would otherwise
+        # compile the training graph for any batch size once evaluation's (eval_group batches) differs
+        model = torch.compile(model, mode=None if cfg["compile_mode"] == "default" else cfg["compile_mode"], dynamic=False)
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
         model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if device_type == "cuda" else None)
