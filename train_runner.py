@@ -112,6 +112,7 @@ seq_lens = "256,1024,4096,16384,65536"  # bench_layer and bench_memory
 tokens_per_batch = 16384  # bench_layer and bench_memory: batch = tokens_per_batch // T
 decode_lens = "128,256,512,1024,4096,16384"  # bench_decode: prompt lengths, batch 1
 trials = 10
+profile = False  # bench_layer and bench_memory: also profile one step of each row, to profile_<model>_<T>.txt
 # looking inside: --stage=eval (a checkpoint's val loss) and --stage=inspect (attention maps, entropy,
 # distance, head ablation) on ckpt_path, else out_dir/ckpt.pt, else each sweep model's best run
 ckpt_path = ""
@@ -935,6 +936,19 @@ def bench_key(stage, name, settings, T, cfg):
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def write_profile(fn, out, device_type):
+    """One call of fn under torch.profiler: the operators and kernels that took the most time, as a table."""
+    from torch.profiler import ProfilerActivity
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        if device_type == "cuda":
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by=f"self_{'device' if device_type == 'cuda' else 'cpu'}_time_total",
+                                      row_limit=30)
+    atomic_write(out, lambda f: f.write(table.encode()))
+
+
 def is_oom(e):
     return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
@@ -950,7 +964,9 @@ def bench(cfg, specs=None):
     tracker = Tracker(cfg, stage, {"task": "lm", "stage": stage})
     path = Path(cfg["out_dir"]) / f"{stage}.json"
     # rows already measured with the same settings are kept, so a killed benchmark resumes where it stopped
-    done = {r["key"]: r for r in (json.loads(path.read_text()).get("rows", []) if path.exists() else []) if "key" in r}
+    # (profiling measures them again: the profile is what is asked for)
+    kept = json.loads(path.read_text()).get("rows", []) if path.exists() and not cfg["profile"] else []
+    done = {r["key"]: r for r in kept if "key" in r}
     rows, env = [], environment()
     for T in split(cfg["decode_lens" if stage == "bench_decode" else "seq_lens"], int):
         for name, settings in specs:
@@ -976,6 +992,8 @@ def bench(cfg, specs=None):
                             y, _ = attn(x, pos)
                         y.float().sum().backward()
                     row["ms"] = timed_median(step, device_type, cfg["trials"])
+                    if cfg["profile"]:
+                        write_profile(step, path.parent / f"profile_{name}_{T}.txt", device_type)
                 elif stage == "bench_memory":  # one whole training step: forward, backward, AdamW
                     m = build_for(settings, T).to(device)
                     row["batch"] = B = max(1, cfg["tokens_per_batch"] // T)
@@ -989,6 +1007,8 @@ def bench(cfg, specs=None):
                         opt.step()
                         opt.zero_grad(set_to_none=True)
                     row["ms"] = timed_median(step, device_type, cfg["trials"])
+                    if cfg["profile"]:
+                        write_profile(step, path.parent / f"profile_{name}_{T}.txt", device_type)
                 else:
                     m = build_for(settings, T + DECODE_WARMUP + DECODE_TOKENS).to(device).eval()
                     prompt = torch.randint(0, 65, (1, T), device=device)

@@ -222,3 +222,12 @@ def test_a_benchmark_keeps_the_rows_it_measured_and_resumes_after_a_kill(tmp_pat
     built.clear()
     train_runner.bench(dict(cfg, trials=2))  # other settings: measured again
     assert len(built) == 4
+
+
+def test_a_benchmark_can_profile_each_row(tmp_path):
+    cfg = configure(train_runner.DEFAULTS, overrides=dict(models="vanilla", n_embd=32, n_head=4, n_layer=2, trials=1,
+                                                          device="cpu", stage="bench_layer", seq_lens="16",
+                                                          tokens_per_batch=64, out_dir=str(tmp_path), profile=True))
+    train_runner.bench(cfg)
+    table = (tmp_path / "profile_vanilla_16.txt").read_text()
+    assert "Self CPU" in table and "aten::" in table  # the operators of one forward + backward, by time
