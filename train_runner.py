@@ -112,6 +112,7 @@ seq_lens = "256,1024,4096,16384,65536"  # bench_layer and bench_memory
 tokens_per_batch = 16384  # bench_layer and bench_memory: batch = tokens_per_batch // T
 decode_lens = "128,256,512,1024,4096,16384"  # bench_decode: prompt lengths, batch 1
 trials = 10
+trial_seconds = 10.0  # a slow row stops repeating after this long (3 repeats at least)
 profile = False  # bench_layer and bench_memory: also profile one step of each row, to profile_<model>_<T>.txt
 # looking inside: --stage=eval (a checkpoint's val loss) and --stage=inspect (attention maps, entropy,
 # distance, head ablation) on ckpt_path, else out_dir/ckpt.pt, else each sweep model's best run
@@ -908,17 +909,19 @@ def build_for(settings, block_size, n_layer=None, vocab_size=65):
         raise UserError(f"invalid model configuration for {settings['model_type']}: {e}") from None
 
 
-def timed_median(fn, device_type, trials):
-    fn()  # warm-up: compilation, autotuning, allocation
-    times = []
-    for _ in range(trials):
+def timed_median(fn, device_type, trials, seconds=float("inf")):
+    """Median ms of fn over `trials` calls after a warm-up call (compilation, autotuning, allocation); a
+    slow fn stops repeating once `seconds` have passed, after 3 calls at least."""
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < trials and (len(times) < 3 or time.perf_counter() - start < seconds):
         if device_type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
             fn()
             end.record()
             torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
+            times.append(begin.elapsed_time(end))
         else:
             t = time.perf_counter()
             fn()
@@ -930,8 +933,9 @@ def bench_key(stage, name, settings, T, cfg):
     """What a benchmark row's number depends on, hashed: the model as built, the length, the batch, the
     repeats, the device and torch."""
     module, _ = load_family(settings["model_type"])
-    what = {"stage": stage, "model": name, "T": T, "trials": cfg["trials"], "device": cfg["device"],
-            "torch": torch.__version__, "tokens_per_batch": cfg["tokens_per_batch"] if stage != "bench_decode" else None,
+    what = {"stage": stage, "model": name, "T": T, "trials": cfg["trials"], "seconds": cfg["trial_seconds"],
+            "device": cfg["device"], "torch": torch.__version__,
+            "tokens_per_batch": cfg["tokens_per_batch"] if stage != "bench_decode" else None,
             **{k: settings.get(k) for k in family_fields(module)}}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -991,7 +995,7 @@ def bench(cfg, specs=None):
                         with autocast:
                             y, _ = attn(x, pos)
                         y.float().sum().backward()
-                    row["ms"] = timed_median(step, device_type, cfg["trials"])
+                    row["ms"] = timed_median(step, device_type, cfg["trials"], cfg["trial_seconds"])
                     if cfg["profile"]:
                         write_profile(step, path.parent / f"profile_{name}_{T}.txt", device_type)
                 elif stage == "bench_memory":  # one whole training step: forward, backward, AdamW
@@ -1006,7 +1010,7 @@ def bench(cfg, specs=None):
                         loss.backward()
                         opt.step()
                         opt.zero_grad(set_to_none=True)
-                    row["ms"] = timed_median(step, device_type, cfg["trials"])
+                    row["ms"] = timed_median(step, device_type, cfg["trials"], cfg["trial_seconds"])
                     if cfg["profile"]:
                         write_profile(step, path.parent / f"profile_{name}_{T}.txt", device_type)
                 else:
@@ -1014,8 +1018,10 @@ def bench(cfg, specs=None):
                     prompt = torch.randint(0, 65, (1, T), device=device)
                     n, w = DECODE_WARMUP + DECODE_TOKENS, DECODE_WARMUP
                     with autocast:  # the difference leaves out the prefill, warm-up and capture: steady-state steps
-                        long = timed_median(lambda: m.generate(prompt, n, temperature=0), device_type, cfg["trials"])
-                        short = timed_median(lambda: m.generate(prompt, w, temperature=0), device_type, cfg["trials"])
+                        long = timed_median(lambda: m.generate(prompt, n, temperature=0), device_type, cfg["trials"],
+                                            cfg["trial_seconds"])
+                        short = timed_median(lambda: m.generate(prompt, w, temperature=0), device_type, cfg["trials"],
+                                             cfg["trial_seconds"])
                     row["ms_per_token"] = (long - short) / DECODE_TOKENS
                 row["kernel_path"] = m.kernel_paths(device_type)
                 if device_type == "cuda":

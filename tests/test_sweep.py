@@ -1,6 +1,7 @@
 """The bake-off: parameter matching, a resumable sweep that survives bad runs, benchmarks, the report."""
 
 import json
+import time
 
 import pytest
 import torch
@@ -231,3 +232,15 @@ def test_a_benchmark_can_profile_each_row(tmp_path):
     train_runner.bench(cfg)
     table = (tmp_path / "profile_vanilla_16.txt").read_text()
     assert "Self CPU" in table and "aten::" in table  # the operators of one forward + backward, by time
+
+
+def test_a_slow_row_stops_repeating_after_its_time_but_not_before_three_repeats():
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.02)
+    assert train_runner.timed_median(slow, "cpu", trials=10, seconds=0.01) >= 20 and len(calls) == 1 + 3
+    calls.clear()
+    train_runner.timed_median(slow, "cpu", trials=5)
+    assert len(calls) == 1 + 5  # no limit: every repeat
