@@ -609,12 +609,14 @@ def environment():
 
 
 def git_revision():
-    """The checkout's commit, with '+dirty' when tracked files differ from it; None outside git."""
+    """The checkout's commit, with '+dirty' when tracked files outside results/ differ from it (results are
+    what runs write, so they do not make a run's code differ); None outside git."""
     try:
         def git(*args):
             return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
         rev = git("rev-parse", "--short", "HEAD")
-        return (rev + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")) or None
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+        return (rev + ("+dirty" if changed else "")) or None
     except OSError:
         return None
 
