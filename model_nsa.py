@@ -162,21 +162,17 @@ def cmp_visible(t, n_blocks, config):
 
 def block_importance(p, n_sel, config):
     """p [..., Tc] compressed-block weights -> [..., Ts] selectable-block scores, Σ_i p_i · |block_i ∩ block_j| / l.
-    Block j meets only the few compressed blocks i with j·l' - l < i·d < (j+1)·l', at most (l' + l) / d + 1
-    of them, so this gathers those instead of multiplying by the mostly-zero [Tc, Ts] overlap matrix: O(Ts)
-    per query instead of O(Tc · Ts), in the same order of additions for every query (decoding included)."""
+    Block j meets only the compressed blocks i with j·l' - l < i·d < (j+1)·l', at most S = (l' + l) / d + 1
+    of them, so this gathers those [S, Ts] instead of multiplying by the mostly-zero [Tc, Ts] overlap matrix:
+    O(S · Ts) per query instead of O(Tc · Ts), in a handful of kernels (decoding replays them every step)."""
     n_cmp, (size, d, ls) = p.shape[-1], (config.cmp_block, config.cmp_stride, config.select_block)
-    score = p.new_zeros(*p.shape[:-1], n_sel)
     if n_cmp == 0:
-        return score
+        return p.new_zeros(*p.shape[:-1], n_sel)
     j = torch.arange(n_sel, device=p.device)
-    first = ((j * ls - size) // d + 1).clamp(min=0)  # the first compressed block that meets block j
-    for s in range((ls + size) // d + 1):
-        i = first + s
-        overlap = (torch.minimum(i * d + size, (j + 1) * ls) - torch.maximum(i * d, j * ls)).clamp(min=0)
-        weight = (overlap * (i < n_cmp)).to(p.dtype) / size
-        score += p.index_select(-1, i.clamp(max=n_cmp - 1)) * weight
-    return score
+    i = ((j * ls - size) // d + 1).clamp(min=0) + torch.arange((ls + size) // d + 1, device=p.device)[:, None]  # [S, Ts]
+    overlap = (torch.minimum(i * d + size, (j + 1) * ls) - torch.maximum(i * d, j * ls)).clamp(min=0) * (i < n_cmp)
+    gathered = p.index_select(-1, i.clamp(max=n_cmp - 1).flatten()).unflatten(-1, i.shape)  # [..., S, Ts]
+    return (gathered * (overlap.to(p.dtype) / size)).sum(-2)
 
 
 def masked_softmax(scores, allowed):
