@@ -160,19 +160,25 @@ def cmp_visible(t, n_blocks, config):
     return ends[None, :] <= t[:, None]
 
 
-def block_importance(p, n_sel, config):
-    """p [..., Tc] compressed-block weights -> [..., Ts] selectable-block scores, Σ_i p_i · |block_i ∩ block_j| / l.
-    Block j meets only the compressed blocks i with j·l' - l < i·d < (j+1)·l', at most S = (l' + l) / d + 1
-    of them, so this gathers those [S, Ts] instead of multiplying by the mostly-zero [Tc, Ts] overlap matrix:
-    O(S · Ts) per query instead of O(Tc · Ts), in a handful of kernels (decoding replays them every step)."""
-    n_cmp, (size, d, ls) = p.shape[-1], (config.cmp_block, config.cmp_stride, config.select_block)
-    if n_cmp == 0:
-        return p.new_zeros(*p.shape[:-1], n_sel)
-    j = torch.arange(n_sel, device=p.device)
-    i = ((j * ls - size) // d + 1).clamp(min=0) + torch.arange((ls + size) // d + 1, device=p.device)[:, None]  # [S, Ts]
+def importance_tables(n_cmp, n_sel, config, device):
+    """What block_importance gathers: selectable block j meets only the compressed blocks i with
+    j·l' - l < i·d < (j+1)·l', at most S = (l' + l) / d + 1 of them. Returns their indices [S·Ts] and the
+    weights |block_i ∩ block_j| / l [S, Ts] (0 where i is past the last block)."""
+    size, d, ls = config.cmp_block, config.cmp_stride, config.select_block
+    j = torch.arange(n_sel, device=device)
+    i = ((j * ls - size) // d + 1).clamp(min=0) + torch.arange((ls + size) // d + 1, device=device)[:, None]  # [S, Ts]
     overlap = (torch.minimum(i * d + size, (j + 1) * ls) - torch.maximum(i * d, j * ls)).clamp(min=0) * (i < n_cmp)
-    gathered = p.index_select(-1, i.clamp(max=n_cmp - 1).flatten()).unflatten(-1, i.shape)  # [..., S, Ts]
-    return (gathered * (overlap.to(p.dtype) / size)).sum(-2)
+    return i.clamp(max=max(n_cmp - 1, 0)).flatten(), overlap.float() / size
+
+
+def block_importance(p, n_sel, config, tables=None):
+    """p [..., Tc] compressed-block weights -> [..., Ts] selectable-block scores, Σ_i p_i · |block_i ∩ block_j| / l,
+    by gathering the few blocks each j meets (importance_tables; a decoding cache holds them) instead of
+    multiplying by the mostly-zero [Tc, Ts] overlap matrix: O(S · Ts) per query instead of O(Tc · Ts)."""
+    if p.shape[-1] == 0:
+        return p.new_zeros(*p.shape[:-1], n_sel)
+    index, weight = tables or importance_tables(p.shape[-1], n_sel, config, p.device)
+    return (p.index_select(-1, index).unflatten(-1, weight.shape) * weight.to(p.dtype)).sum(-2)
 
 
 def masked_softmax(scores, allowed):
@@ -190,12 +196,12 @@ def cmp_probs(q, kc, t, config):
     return masked_softmax(scores * (1.0 / math.sqrt(q.shape[-1])), cmp_visible(t, kc.shape[2], config))
 
 
-def select_blocks(p_cmp, t, n_sel, config):
+def select_blocks(p_cmp, t, n_sel, config, tables=None):
     """The blocks each query group reads. p_cmp [B, H, Q, Tc] compressed probabilities at positions t [Q]
     -> [B, Hkv, Q, Ts] bool (Ts = n_sel). Forced blocks score +inf, blocks after the query's -inf."""
     B, H, Q, Tc = p_cmp.shape
     G = config.head_group
-    importance = block_importance(p_cmp.view(B, H // G, G, Q, Tc).sum(2), n_sel, config)
+    importance = block_importance(p_cmp.view(B, H // G, G, Q, Tc).sum(2), n_sel, config, tables)
     j = torch.arange(n_sel, device=t.device)[None, :]
     current = (t // config.select_block)[:, None]
     forced = (j == 0) | (j == current) | (j == current - 1)
@@ -235,7 +241,7 @@ def nsa_branches(q, k, v, kc, vc, t, config, want_maps=False):
     return (o_cmp, o_slc, o_win), (w_cmp, w_slc, w_win)
 
 
-def nsa_step(q, k, v, kc, vc, pos, config):
+def nsa_step(q, k, v, kc, vc, pos, config, tables=None):
     """One decoding step: the three branches of nsa_branches for q [B, H, 1, D] at position pos [1],
     over the static cache k, v [B, Hkv, L, D] (nothing written after pos) and its compressed blocks,
     gathering just the keys each branch reads: O(n·l' + window + L/d) per step instead of O(L)."""
@@ -250,7 +256,7 @@ def nsa_step(q, k, v, kc, vc, pos, config):
         mask = ok.repeat_interleave(H // Hkv, dim=1)[:, :, None]
         return F.scaled_dot_product_attention(q, k.gather(2, idx), v.gather(2, idx), attn_mask=mask, enable_gqa=H != Hkv)
 
-    sel = select_blocks(p_cmp, pos, config.n_select_blocks(L), config)  # [B, Hkv, 1, Ts]
+    sel = select_blocks(p_cmp, pos, config.n_select_blocks(L), config, tables)  # [B, Hkv, 1, Ts]
     top = sel[:, :, 0].to(torch.int8).topk(min(n, sel.shape[-1]), dim=-1)  # the chosen blocks first
     keys = (top.indices[..., None] * size + torch.arange(size, device=q.device)).flatten(-2)
     o_slc = attend(keys, (top.values[..., None] > 0).expand(-1, -1, -1, size).flatten(-2) & (keys <= pos))
@@ -398,6 +404,8 @@ class NSACache(model.KVCache):
         self.n_blocks = config.n_cmp_blocks(config.block_size)
         shape = (batch_size, config.n_kv_head, self.n_blocks + 1, config.head_dim)
         self.kc, self.vc = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        # the selection's gather, built once: a step would otherwise rebuild it (a dozen small kernels per layer)
+        self.importance = importance_tables(self.n_blocks, config.n_select_blocks(config.block_size), config, device)
 
     def write_compressed(self, kc, vc, slots):
         self.kc.index_copy_(2, slots, kc.to(self.kc.dtype))
@@ -450,7 +458,7 @@ class NSAAttention(model.CausalSelfAttention):
         if cache is not None and T == 1:
             self._compress_step(cache, pos)
             y = combine(nsa_step(q, cache.k.to(q.dtype), cache.v.to(q.dtype), cache.kc[:, :, :-1].to(q.dtype),
-                                 cache.vc[:, :, :-1].to(q.dtype), pos, c), gates)
+                                 cache.vc[:, :, :-1].to(q.dtype), pos, c, cache.importance), gates)
         else:
             kc, vc = self.compressed(k, v)
             if cache is not None:  # a prefill from position 0: its complete blocks
