@@ -1427,7 +1427,8 @@ def plot_report(root, by_model, models, benches):
         for name, m in best_runs.items():
             rows = [r for r in m["curves"]["val"] if r[0] > 0 and (xkey == "flops" or len(r) > 3)]
             xs = [r[0] * m["flops_per_iter"] if xkey == "flops" else r[3] for r in rows]
-            ax.plot(xs, [math.exp(r[2]) for r in rows], marker=".", label=name)
+            share = m.get("gpu_share", 1) if xkey == "seconds" else 1
+            ax.plot(xs, [math.exp(r[2]) for r in rows], marker=".", label=name + (f" (GPU shared by {share})" if share > 1 else ""))
         ax.set(xlabel=xlabel, ylabel="val perplexity", xscale="log" if xkey == "flops" else "linear")
         ax.legend(fontsize=8)
         save(fig, name_png)
