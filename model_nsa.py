@@ -404,8 +404,9 @@ class NSACache(model.KVCache):
         self.n_blocks = config.n_cmp_blocks(config.block_size)
         shape = (batch_size, config.n_kv_head, self.n_blocks + 1, config.head_dim)
         self.kc, self.vc = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
-        # the selection's gather, built once: a step would otherwise rebuild it (a dozen small kernels per layer)
-        self.importance = importance_tables(self.n_blocks, config.n_select_blocks(config.block_size), config, device)
+        # the selection's gather, built once: a step would otherwise rebuild it (a dozen small kernels per layer);
+        # a constant of the model, not state of the sequence (the leading _ keeps it out of state_bytes)
+        self._importance = importance_tables(self.n_blocks, config.n_select_blocks(config.block_size), config, device)
 
     def write_compressed(self, kc, vc, slots):
         self.kc.index_copy_(2, slots, kc.to(self.kc.dtype))
@@ -458,7 +459,7 @@ class NSAAttention(model.CausalSelfAttention):
         if cache is not None and T == 1:
             self._compress_step(cache, pos)
             y = combine(nsa_step(q, cache.k.to(q.dtype), cache.v.to(q.dtype), cache.kc[:, :, :-1].to(q.dtype),
-                                 cache.vc[:, :, :-1].to(q.dtype), pos, c, cache.importance), gates)
+                                 cache.vc[:, :, :-1].to(q.dtype), pos, c, cache._importance), gates)
         else:
             kc, vc = self.compressed(k, v)
             if cache is not None:  # a prefill from position 0: its complete blocks

@@ -1731,13 +1731,14 @@ def inspect(cfg, dataset=None):
 
 def state_bytes(model):
     """Bytes of decoding state one sequence holds at the model's full context: the floating-point tensors
-    of each layer's cache as allocated (K/V in bf16; linear and delta states are float32 by design)."""
+    of each layer's cache as allocated (K/V in bf16; linear and delta states are float32 by design), bar
+    attributes named with a leading _ (constants a cache keeps for its steps, such as NSA's gather tables)."""
     def walk(x):
         if torch.is_tensor(x):
             return x.numel() * x.element_size() if x.is_floating_point() else 0
         if isinstance(x, (list, tuple)):
             return sum(walk(v) for v in x)
-        return sum(walk(v) for v in vars(x).values()) if hasattr(x, "__dict__") else 0
+        return sum(walk(v) for k, v in vars(x).items() if not k.startswith("_")) if hasattr(x, "__dict__") else 0
     return walk(model.new_caches(1, torch.device("cpu"), torch.bfloat16))
 
 
