@@ -997,9 +997,6 @@ def bench(cfg, specs=None):
                         with autocast:
                             y, _ = attn(x, pos)
                         y.float().sum().backward()
-                    row["ms"] = timed_median(step, device_type, cfg["trials"], cfg["trial_seconds"])
-                    if cfg["profile"]:
-                        write_profile(step, path.parent / f"profile_{name}_{T}.txt", device_type)
                 elif stage == "bench_memory":  # one whole training step: forward, backward, AdamW
                     m = build_for(settings, T).to(device)
                     row["batch"] = B = max(1, cfg["tokens_per_batch"] // T)
@@ -1012,9 +1009,6 @@ def bench(cfg, specs=None):
                         loss.backward()
                         opt.step()
                         opt.zero_grad(set_to_none=True)
-                    row["ms"] = timed_median(step, device_type, cfg["trials"], cfg["trial_seconds"])
-                    if cfg["profile"]:
-                        write_profile(step, path.parent / f"profile_{name}_{T}.txt", device_type)
                 else:
                     m = build_for(settings, T + DECODE_WARMUP + DECODE_TOKENS).to(device).eval()
                     prompt = torch.randint(0, 65, (1, T), device=device)
@@ -1025,6 +1019,10 @@ def bench(cfg, specs=None):
                         short = timed_median(lambda: m.generate(prompt, w, temperature=0), device_type, cfg["trials"],
                                              cfg["trial_seconds"])
                     row["ms_per_token"] = (long - short) / DECODE_TOKENS
+                if stage != "bench_decode":  # bench_layer's and bench_memory's step
+                    row["ms"] = timed_median(step, device_type, cfg["trials"], cfg["trial_seconds"])
+                    if cfg["profile"]:
+                        write_profile(step, path.parent / f"profile_{name}_{T}.txt", device_type)
                 row["kernel_path"] = m.kernel_paths(device_type)
                 if device_type == "cuda":
                     row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -1347,9 +1345,13 @@ def report(cfg):
     return models
 
 
+def shared(m):
+    """' (GPU shared by N)' for a run (or a model's runs) that shared its GPU with other sweep workers: its
+    speed is its share of the GPU; '' otherwise."""
+    return f" (GPU shared by {m['gpu_share']})" if m.get("gpu_share", 1) > 1 else ""
+
+
 def write_report_md(root, models, env):
-    def shared(m):  # a run that shared its GPU with other sweep workers measured its share of it
-        return f" (GPU shared by {m['gpu_share']})" if m.get("gpu_share", 1) > 1 else ""
     lines = [f"# Bake-off: {root}", "",
              f"Hardware: {env.get('gpu') or 'CPU (' + str(env.get('cpu_threads')) + ' threads)'}; torch {env.get('torch')}, "
              f"triton {env.get('triton', '–')}, commit {env.get('git_commit')}. Made by `python train_runner.py` "
@@ -1427,8 +1429,7 @@ def plot_report(root, by_model, models, benches):
         for name, m in best_runs.items():
             rows = [r for r in m["curves"]["val"] if r[0] > 0 and (xkey == "flops" or len(r) > 3)]
             xs = [r[0] * m["flops_per_iter"] if xkey == "flops" else r[3] for r in rows]
-            share = m.get("gpu_share", 1) if xkey == "seconds" else 1
-            ax.plot(xs, [math.exp(r[2]) for r in rows], marker=".", label=name + (f" (GPU shared by {share})" if share > 1 else ""))
+            ax.plot(xs, [math.exp(r[2]) for r in rows], marker=".", label=name + (shared(m) if xkey == "seconds" else ""))
         ax.set(xlabel=xlabel, ylabel="val perplexity", xscale="log" if xkey == "flops" else "linear")
         ax.legend(fontsize=8)
         save(fig, name_png)
@@ -1749,7 +1750,9 @@ def mqar_sweep(cfg, sweep_paths=(), raw=None):
     root, env = sweep_root(cfg), environment()  # before this writes anything: its own files would mark the checkout dirty
     check_trackers(cfg)
     specs, widths, lrs = bench_specs(cfg), split(cfg["mqar_widths"], int), split(cfg["learning_rates"], float)
-    runs = [(f"{name}_d{width}_lr{lr:g}", f"{name}_d{width}", f"{name}, width {width}, lr={lr:g}",
+    def folder(name, width, lr):
+        return f"{name}_d{width}_lr{lr:g}"
+    runs = [(folder(name, width, lr), f"{name}_d{width}", f"{name}, width {width}, lr={lr:g}",
              dict(settings, n_embd=width, learning_rate=lr, min_lr=lr / 10))
             for name, settings in specs for width in widths for lr in lrs]
     train_runs(cfg, root, runs, "mqar", sweep_paths, dict(raw or {}))
@@ -1758,13 +1761,13 @@ def mqar_sweep(cfg, sweep_paths=(), raw=None):
     rows = []
     for name, settings in specs:
         for width in widths:
-            tried = {lr: read_metrics(root / "runs" / f"{name}_d{width}_lr{lr:g}") for lr in lrs}
+            tried = {lr: read_metrics(root / "runs" / folder(name, width, lr)) for lr in lrs}
             done = {lr: m for lr, m in tried.items() if m.get("status") == "done"}
             best = max(done, key=lambda lr: done[lr]["best_val_accuracy"]) if done else None
             m = done.get(best, {})
+            model = build_for(dict(settings, n_embd=width), settings["block_size"], vocab_size=dataset_vocab(settings["dataset"]))
             rows.append({"model": name, "model_type": settings["model_type"], "width": width, "learning_rate": best,
-                         "params": count_params(dict(settings, n_embd=width)),
-                         "state_bytes": state_bytes(build_for(dict(settings, n_embd=width), settings["block_size"])),
+                         "params": model.get_num_params(), "state_bytes": state_bytes(model),
                          "accuracy": m.get("val_accuracy_by_slice"), "kernel_path": m.get("kernel_path"),
                          "lr_sweep": {f"{lr:g}": t.get("best_val_accuracy", t.get("status")) for lr, t in tried.items()}})
     if not any(r["accuracy"] for r in rows):
