@@ -171,24 +171,30 @@ FLA_STATUS = {}  # variant -> None (works) or the reason it cannot run here
 def fla_status(variant):
     """None if FLA's kernel for this variant runs forward and backward on this GPU, else the reason."""
     if variant not in FLA_STATUS:
-        try:
+        try:  # the probe takes a backward, so grad is on even when the first call comes from decoding
             fn = fla_kernel(variant)
-            q, k, v = (torch.randn(1, 64, 1, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-            beta, g = torch.rand(1, 64, 1, device="cuda", dtype=torch.bfloat16), -torch.rand(1, 32, 1, device="cuda")
-            kw = dict(use_qk_l2norm_in_kernel=True)  # as the layer calls it
-            if variant == "deltanet":
-                o, _ = fn(q, k, v, beta, **kw)
-            elif variant == "gated_deltanet":
-                o, _ = fn(q, k, v, torch.cat([g, g], 1), beta, **kw)
-            else:
-                o, _ = fn(q[:, :32], k, v, g, beta, num_householder=2, **kw)
-            o.float().sum().backward()
+            with torch.inference_mode(False), torch.enable_grad():
+                probe_fla_kernel(fn, variant)
             FLA_STATUS[variant] = None
         except Exception as e:  # ImportError, a Triton error, FLA refusing this Triton
             FLA_STATUS[variant] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warnings.warn(f"flash-linear-attention cannot run {variant} here ({FLA_STATUS[variant]}); "
                           "using the PyTorch chunked form instead (slower, same function)", stacklevel=2)
     return FLA_STATUS[variant]
+
+
+def probe_fla_kernel(fn, variant):
+    """One small forward and backward of FLA's kernel, called as the layer calls it."""
+    q, k, v = (torch.randn(1, 64, 1, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    beta, g = torch.rand(1, 64, 1, device="cuda", dtype=torch.bfloat16), -torch.rand(1, 32, 1, device="cuda")
+    kw = dict(use_qk_l2norm_in_kernel=True)  # as the layer calls it
+    if variant == "deltanet":
+        o, _ = fn(q, k, v, beta, **kw)
+    elif variant == "gated_deltanet":
+        o, _ = fn(q, k, v, torch.cat([g, g], 1), beta, **kw)
+    else:
+        o, _ = fn(q[:, :32], k, v, g, beta, num_householder=2, **kw)
+    o.float().sum().backward()
 
 
 @functools.cache

@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import assert_causal, assert_fast_path_matches_reference, decode_stepwise
 
+import model_delta
 from model import generate_by_recompute
 from model_delta import GPT, VARIANTS, GPTConfig, chunked_delta_rule, implied_attention, recurrent_delta_rule
 
@@ -184,3 +185,16 @@ def test_gpu_graph_decoding_equals_eager():
     graphed = m.generate(prompt, 100, temperature=0, cuda_graph=True)
     eager = m.generate(prompt, 100, temperature=0, cuda_graph=False)
     assert torch.equal(graphed, eager)
+
+
+def test_fla_probe_takes_its_backward_even_when_first_called_from_decoding(monkeypatch):
+    # the bake-off's benchmarks decode first, under inference mode: the probe's backward then failed and the
+    # whole process fell back to the PyTorch form (found on the H100)
+    seen = []
+    monkeypatch.setattr(model_delta, "FLA_STATUS", {})
+    monkeypatch.setattr(model_delta, "fla_kernel", lambda variant: None)
+    monkeypatch.setattr(model_delta, "probe_fla_kernel",
+                        lambda fn, variant: seen.append(torch.is_grad_enabled() and not torch.is_inference_mode_enabled()))
+    with torch.inference_mode():
+        assert model_delta.fla_status("deltanet") is None
+    assert seen == [True]
