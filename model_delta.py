@@ -171,9 +171,9 @@ FLA_STATUS = {}  # variant -> None (works) or the reason it cannot run here
 def fla_status(variant):
     """None if FLA's kernel for this variant runs forward and backward on this GPU, else the reason."""
     if variant not in FLA_STATUS:
-        try:  # the probe takes a backward, so grad is on even when the first call comes from decoding
+        try:
             fn = fla_kernel(variant)
-            with torch.inference_mode(False), torch.enable_grad():
+            with torch.inference_mode(False), torch.enable_grad():  # a backward, even when the first call decodes
                 probe_fla_kernel(fn, variant)
             FLA_STATUS[variant] = None
         except Exception as e:  # ImportError, a Triton error, FLA refusing this Triton

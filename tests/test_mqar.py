@@ -71,6 +71,7 @@ def test_sequence_batches_and_accuracy(mqar_data):
 def test_state_bytes_follow_each_family_cache():
     import model
     import model_delta
+    import model_nsa
     import model_sparse
     base = dict(block_size=128, vocab_size=32, n_layer=2, n_head=2, n_embd=64)
     kv = train_runner.state_bytes(model.GPT(model.GPTConfig(**base)))
@@ -78,7 +79,6 @@ def test_state_bytes_follow_each_family_cache():
     assert train_runner.state_bytes(model_sparse.GPT(model_sparse.GPTConfig(window=16, **base))) == 2 * 2 * 16 * 64 * 2
     delta = train_runner.state_bytes(model_delta.GPT(model_delta.GPTConfig(use_short_conv=False, **base)))
     assert delta == 2 * 2 * 32 * 32 * 4  # layers x heads x K x V x float32, whatever the context
-    import model_nsa
     nsa = train_runner.state_bytes(model_nsa.GPT(model_nsa.GPTConfig(n_kv_head=1, cmp_block=16, cmp_stride=16,
                                                                       select_block=16, **base)))
     assert nsa == 2 * 2 * (128 + 8 + 1) * 32 * 2  # layers x (K, V) x (context + compressed blocks + spare) x head x bf16
