@@ -423,7 +423,7 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(x[:, -1]))
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, cuda_graph=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, cuda_graph=None, on_token=None):
         """Append max_new_tokens sampled tokens to idx [B, T0]; temperature 0 is greedy.
 
         Each token is drawn from the logits that model(context) gives, where the
@@ -433,6 +433,8 @@ class GPT(nn.Module):
         and writes its output there, so it needs nothing from the host: on CUDA
         it is captured once as a CUDA graph and each new token is one replay,
         since at batch 1 the cost is kernel launches, not arithmetic.
+        on_token(i), if given, is called on the host once the i-th new token has
+        been queued (i = 1 is the prefill's), e.g. to time the steps between two.
         """
         B, T0 = idx.shape
         L, device = self.config.block_size, idx.device
@@ -460,8 +462,12 @@ class GPT(nn.Module):
             cached_step, window_step = CapturedStep(cached_step), CapturedStep(window_step)
         n = T0 if self.streams else min(T0, L)
         emit(self.step(idx[:, T0 - n:], window[:n] if n <= L else torch.arange(n, device=device), caches))  # prefill
-        for s in range(T0 + 1, T0 + max_new_tokens):
-            cached_step() if self.streams or s <= L else window_step()
+        if on_token:
+            on_token(1)
+        for i in range(2, max_new_tokens + 1):  # the i-th new token, from the context of length T0 + i - 1
+            cached_step() if self.streams or T0 + i - 1 <= L else window_step()
+            if on_token:
+                on_token(i)
         return out
 
     # -- accounting and optimisation ---------------------------------------------

@@ -914,21 +914,55 @@ def build_for(settings, block_size, n_layer=None, vocab_size=65):
 def timed_median(fn, device_type, trials, seconds=float("inf")):
     """Median ms of fn over `trials` calls after a warm-up call (compilation, autotuning, allocation); a
     slow fn stops repeating once `seconds` have passed, after 3 calls at least."""
-    fn()
+    return median_of(lambda: time_ms(fn, device_type), trials, seconds)
+
+
+def median_of(measure, trials, seconds=float("inf")):
+    """Median of what measure() returns (ms), over `trials` calls after a discarded warm-up call."""
+    measure()
     times, start = [], time.perf_counter()
     while len(times) < trials and (len(times) < 3 or time.perf_counter() - start < seconds):
-        if device_type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(begin.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t))
+        times.append(measure())
     return sorted(times)[len(times) // 2]
+
+
+class Stopwatch:
+    """mark() now, and ms() between the first and the last mark: CUDA events on GPU (the device's time,
+    not the host's queueing), the host clock on CPU."""
+
+    def __init__(self, device_type):
+        self.cuda, self.marks = device_type == "cuda", []
+
+    def mark(self):
+        if self.cuda:
+            self.marks.append(torch.cuda.Event(enable_timing=True))
+            self.marks[-1].record()
+        else:
+            self.marks.append(time.perf_counter())
+
+    def ms(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            return self.marks[0].elapsed_time(self.marks[-1])
+        return 1e3 * (self.marks[-1] - self.marks[0])
+
+
+def time_ms(fn, device_type):
+    watch = Stopwatch(device_type)
+    watch.mark()
+    fn()
+    watch.mark()
+    return watch.ms()
+
+
+def decode_ms_per_token(m, prompt, device_type):
+    """ms per new token of greedy decoding after a prompt, over DECODE_TOKENS steps that follow the
+    prefill and DECODE_WARMUP - 1 warm-up steps (the CUDA-graph capture among them): only steady-state
+    steps are timed, so neither the prefill nor its variance at long contexts leaks into the figure."""
+    watch = Stopwatch(device_type)
+    m.generate(prompt, DECODE_WARMUP + DECODE_TOKENS, temperature=0,
+               on_token=lambda i: watch.mark() if i in (DECODE_WARMUP, DECODE_WARMUP + DECODE_TOKENS) else None)
+    return watch.ms() / DECODE_TOKENS
 
 
 def bench_key(stage, name, settings, T, cfg):
@@ -938,6 +972,7 @@ def bench_key(stage, name, settings, T, cfg):
     what = {"stage": stage, "model": name, "T": T, "trials": cfg["trials"], "seconds": cfg["trial_seconds"],
             "device": cfg["device"], "torch": torch.__version__,
             "tokens_per_batch": cfg["tokens_per_batch"] if stage != "bench_decode" else None,
+            "timing": "steady-state steps" if stage == "bench_decode" else None,  # rows of the old timing are stale
             **{k: settings.get(k) for k in family_fields(module)}}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -1012,13 +1047,9 @@ def bench(cfg, specs=None):
                 else:
                     m = build_for(settings, T + DECODE_WARMUP + DECODE_TOKENS).to(device).eval()
                     prompt = torch.randint(0, 65, (1, T), device=device)
-                    n, w = DECODE_WARMUP + DECODE_TOKENS, DECODE_WARMUP
-                    with autocast:  # the difference leaves out the prefill, warm-up and capture: steady-state steps
-                        long = timed_median(lambda: m.generate(prompt, n, temperature=0), device_type, cfg["trials"],
-                                            cfg["trial_seconds"])
-                        short = timed_median(lambda: m.generate(prompt, w, temperature=0), device_type, cfg["trials"],
-                                             cfg["trial_seconds"])
-                    row["ms_per_token"] = (long - short) / DECODE_TOKENS
+                    with autocast:
+                        row["ms_per_token"] = median_of(lambda: decode_ms_per_token(m, prompt, device_type),
+                                                        cfg["trials"], cfg["trial_seconds"])
                 if stage != "bench_decode":  # bench_layer's and bench_memory's step
                     row["ms"] = timed_median(step, device_type, cfg["trials"], cfg["trial_seconds"])
                     if cfg["profile"]:

@@ -244,3 +244,19 @@ def test_a_slow_row_stops_repeating_after_its_time_but_not_before_three_repeats(
     calls.clear()
     train_runner.timed_median(slow, "cpu", trials=5)
     assert len(calls) == 1 + 5  # no limit: every repeat
+
+
+def test_decode_timing_leaves_out_the_prefill(monkeypatch):
+    # a prefill that takes 0.5 s must not show in ms/token: only the steps after the warm-up are timed
+    from model import GPT, GPTConfig
+    m = GPT(GPTConfig(vocab_size=65, block_size=300, n_layer=1, n_head=2, n_embd=16, dropout=0.0)).eval()
+    step, seen = m.step, []
+
+    def slow_prefill(idx, pos, caches):
+        if idx.shape[1] > 1:
+            time.sleep(0.5)
+        return step(idx, pos, caches)
+    monkeypatch.setattr(m, "step", slow_prefill)
+    out = m.generate(torch.zeros(1, 4, dtype=torch.long), 5, temperature=0, on_token=lambda i: seen.append(i))
+    assert seen == [1, 2, 3, 4, 5] and out.shape == (1, 9)
+    assert train_runner.decode_ms_per_token(m, torch.zeros(1, 4, dtype=torch.long), "cpu") < 50
