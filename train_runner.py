@@ -972,8 +972,9 @@ def bench_key(stage, name, settings, T, cfg):
     what = {"stage": stage, "model": name, "T": T, "trials": cfg["trials"], "seconds": cfg["trial_seconds"],
             "device": cfg["device"], "torch": torch.__version__,
             "tokens_per_batch": cfg["tokens_per_batch"] if stage != "bench_decode" else None,
-            "timing": "steady-state steps" if stage == "bench_decode" else None,  # rows of the old timing are stale
             **{k: settings.get(k) for k in family_fields(module)}}
+    if stage == "bench_decode":
+        what["timing"] = "steady-state steps"  # rows of the first timing (a difference of two generate calls) are stale
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -1067,9 +1068,12 @@ def bench(cfg, specs=None):
             tracker.log({f"{name}/{k}": v for k, v in row.items() if k in ("ms", "ms_per_token", "peak_mib")}, T)
             write_json(path, {"stage": stage, "rows": [*rows, *(r for r in done.values() if r not in rows)],
                               "environment": env, "config": cfg})
-    result = {"stage": stage, "rows": rows, "environment": env, "config": cfg}
+    # the file keeps the rows of models and lengths this call was not asked for: a benchmark of one family
+    # adds to the bake-off's file, never empties it of the others
+    result = {"stage": stage, "rows": [*rows, *(r for r in done.values() if r not in rows)], "environment": env,
+              "config": cfg}
     write_json(path, result)
-    table = bench_table(stage, rows, device_type)
+    table = bench_table(stage, result["rows"], device_type)
     atomic_write(Path(cfg["out_dir"]) / f"{stage}.md", lambda f: f.write(table.encode()))
     print(table)
     tracker.artifacts([path])
@@ -1330,8 +1334,9 @@ def report(cfg):
         raise UserError(f"no runs under {root}/runs: run the sweep first (--stage=sweep)")
     matching = json.loads((root / "param_matching.json").read_text()) if (root / "param_matching.json").exists() else {}
     params = {r["model"]: r["params"] for r in matching.get("rows", [])}
-    benches = {s: json.loads((root / f"{s}.json").read_text())["rows"] for s in ("bench_decode", "bench_memory")
-               if (root / f"{s}.json").exists()}
+    bench_files = {s: json.loads((root / f"{s}.json").read_text()) for s in ("bench_decode", "bench_memory")
+                   if (root / f"{s}.json").exists()}
+    benches = {s: f["rows"] for s, f in bench_files.items()}
     by_model = {}
     for m in runs:
         by_model.setdefault(run_name(m), []).append(m)
@@ -1363,7 +1368,9 @@ def report(cfg):
             "ms_per_token": by_length("bench_decode", "ms_per_token", name),
             "peak_mib": by_length("bench_memory", "peak_mib", name), "step_ms": by_length("bench_memory", "ms", name),
         }
-    env = runs[0].get("environment", {})
+    # a bake-off made in parts may span commits: name each one its runs and benchmarks were made at
+    commits = {e.get("environment", {}).get("git_commit") for e in [*runs, *bench_files.values()]} - {None}
+    env = dict(runs[0].get("environment", {}), git_commit=", ".join(sorted(commits)))
     write_json(root / "bakeoff.json", {"models": models, "environment": env, "param_matching": matching})
     write_report_md(root, models, env)
     plot_report(root, by_model, models, benches)

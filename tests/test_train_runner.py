@@ -239,6 +239,13 @@ def test_benchmarks_on_cpu(tmp_path):
         common, stage="bench_decode", decode_lens="8,32")))
     assert all(0 < r["ms_per_token"] < 1_000 for r in decode["rows"])
     assert json.loads((tmp_path / "bench_decode.json").read_text())["rows"] == decode["rows"]
+    # a later benchmark of one family measures it again at a new length and keeps every other row
+    again = train_runner.bench(configure(train_runner.DEFAULTS, overrides=dict(
+        common, models="linear", stage="bench_decode", decode_lens="8,16")))
+    kept = json.loads((tmp_path / "bench_decode.json").read_text())["rows"]
+    assert sorted((r["model"], r["T"]) for r in kept) == [
+        ("linear", 8), ("linear", 16), ("linear", 32), ("vanilla", 8), ("vanilla", 32)] and kept == again["rows"]
+    assert next(r for r in kept if r["model"] == "linear" and r["T"] == 8) in decode["rows"]  # kept, not re-run
 
 
 @pytest.mark.gpu
