@@ -99,6 +99,7 @@ stage = "train"
 # the sweep: config files by short name (vanilla = config/train_shakespeare_char.py, x = ..._x.py, or a path)
 models_to_test = "vanilla,rope,linear,sparse,delta,delta_product,nsa"
 learning_rates = "5e-4,1e-3,2e-3"  # each run's min_lr is its learning_rate / 10
+lr_bracket = 0  # rounds that extend a model's learning rates one grid step past an end when its best is there
 seeds = "1337"
 target_params = 0  # 0: the vanilla entry's parameter count; each family is matched to within 3%
 sweep_dir = ""  # '' = results/<cpu or cuda>
@@ -1202,11 +1203,51 @@ def sweep(cfg, sweep_paths=(), raw=None):
     atomic_write(root / "param_matching.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     print(f"[sweep] parameter matching, target {target:,}:\n" + "\n".join(lines))
 
-    runs = [(f"{name}_lr{lr:g}_s{seed}", name, f"{name} lr={lr:g} seed={seed}",
-             dict(specs[name], learning_rate=lr, min_lr=lr / 10, seed=seed))
-            for name in specs for lr in split(cfg["learning_rates"], float) for seed in split(cfg["seeds"], int)]
-    train_runs(cfg, root, runs, "sweep", sweep_paths, raw)
+    grid, seeds = split(cfg["learning_rates"], float), split(cfg["seeds"], int)
+    tried, new = {name: list(grid) for name in specs}, {name: grid for name in specs}
+    for round_ in range(cfg["lr_bracket"] + 1):
+        runs = [(run_folder(name, lr, seed), name, f"{name} lr={lr:g} seed={seed}",
+                 dict(specs[name], learning_rate=lr, min_lr=lr / 10, seed=seed))
+                for name in new for lr in new[name] for seed in seeds]
+        pending = unfinished(root, runs)
+        train_runs(cfg, root, runs, "sweep", sweep_paths, raw)
+        if pending and cfg["sweep_worker"] >= 0:  # a worker trains one round: the next is decided once all of it is done
+            return specs
+        if round_ == cfg["lr_bracket"]:
+            break
+        new = {name: [lr] for name in specs if (lr := lr_beyond(root, name, tried[name], grid, seeds))}
+        for name, (lr,) in new.items():
+            tried[name].append(lr)
+            print(f"[sweep] {name}'s best learning rate is at an end of those tried: also {lr:g}")
+        if not new:
+            break
     return specs
+
+
+FINISHED = ("done", "diverged", "oom", "failed")  # a run's status once it will not train any more
+
+
+def unfinished(root, runs):
+    return [folder for folder, *_ in runs if read_metrics(root / "runs" / folder).get("status") not in FINISHED]
+
+
+def run_folder(name, lr, seed):
+    return f"{name}_lr{lr:g}_s{seed}"
+
+
+def lr_beyond(root, name, tried, grid, seeds):
+    """One grid step past the end of `tried` where the model's best learning rate is (best val loss, mean
+    over seeds; a run that did not finish counts as worst), or None when the best is inside. With a
+    single-value grid there is no step to take."""
+    if len(grid) < 2:
+        return None
+    step = (max(grid) / min(grid)) ** (1 / (len(grid) - 1))
+
+    def score(lr):
+        ms = [read_metrics(root / "runs" / run_folder(name, lr, seed)) for seed in seeds]
+        return sum(m["best_val_loss"] if m.get("status") == "done" else math.inf for m in ms) / len(ms)
+    best = min(sorted(tried), key=score)
+    return best / step if best == min(tried) else best * step if best == max(tried) else None
 
 
 def train_runs(cfg, root, runs, stage, sweep_paths, raw):
@@ -1218,7 +1259,7 @@ def train_runs(cfg, root, runs, stage, sweep_paths, raw):
     if cfg["sweep_worker"] < 0:  # the data is there (prepared now if it can be), before any run or worker starts
         for dataset, block_size in sorted({(s["dataset"], s["block_size"]) for _, _, _, s in runs}):
             load_tokens(dataset, block_size, "cpu")
-    if workers > 1 and cfg["sweep_worker"] < 0:
+    if workers > 1 and cfg["sweep_worker"] < 0 and unfinished(root, runs):
         spread(cfg, root, sweep_paths, raw, workers, stage)
         return
     started, trained, failures = time.time(), 0, []
@@ -1232,7 +1273,7 @@ def train_runs(cfg, root, runs, stage, sweep_paths, raw):
     for pos, (k, (folder, model, what, settings)) in enumerate(order):
         out = root / "runs" / folder
         prior = read_metrics(out)
-        if prior.get("status") in ("done", "diverged", "oom", "failed"):
+        if prior.get("status") in FINISHED:
             print(f"[{stage}] run {k}/{len(runs)}: {folder} already {prior['status']}, skipped")
             continue
         if cfg["sweep_worker"] >= 0:  # one of several workers: take this run only if no other has
@@ -1357,6 +1398,8 @@ def report(cfg):
         final, final_sd = mean_std([m.get("final_val_loss") for m in group])
         models[name] = {
             "params": params.get(name, group[0].get("params") if group else None), "best_lr": best_lr,
+            # the best at an end of the learning rates tried is not known to be the model's best: said in the table
+            "best_lr_at_edge": len(by_lr) > 1 and best_lr in (min(by_lr), max(by_lr)),
             "best_val_loss": best, "best_val_loss_std": best_sd, "final_val_loss": final, "final_val_loss_std": final_sd,
             "val_perplexity": math.exp(best) if best is not None else None, "seeds": len(group),
             "tokens_per_sec": mean_std([m.get("tokens_per_sec") for m in group])[0],
@@ -1396,11 +1439,14 @@ def write_report_md(root, models, env):
              "(stage bakeoff); each run's config is in runs/*/metrics.json.", ""]
     lines += markdown_table(
         ["model", "params", "best LR", "best val (± std)", "final val", "ppl", "seeds", "tokens/s", "MFU", "kernels", "runs"],
-        ([name, fmt(m["params"], ","), fmt(m["best_lr"], "g"),
+        ([name, fmt(m["params"], ","), fmt(m["best_lr"], "g") + (" (edge)" if m.get("best_lr_at_edge") else ""),
           fmt(m["best_val_loss"]) + (f" ± {m['best_val_loss_std']:.4f}" if m["seeds"] > 1 else ""),
           fmt(m["final_val_loss"]), fmt(m["val_perplexity"], ".2f"), m["seeds"], fmt(m["tokens_per_sec"], ",.0f") + shared(m),
           fmt(m["mfu"] and 100 * m["mfu"], ".1f") + ("%" if m["mfu"] else ""), ", ".join(m["kernel_path"]),
           ", ".join(f"{v} {k}" for k, v in m["status"].items())] for name, m in models.items()))
+    if any(m.get("best_lr_at_edge") for m in models.values()):
+        lines += ["", "(edge): the best of the learning rates tried is the lowest or highest of them, so the model's "
+                  "own best may lie beyond; `lr_bracket` extends the grid there."]
     for key, title, spec in (("ms_per_token", "Decoding, ms/token at batch 1, by context length", ".3f"),
                              ("step_ms", "One training step (fwd+bwd+AdamW), ms, by sequence length", ".1f"),
                              ("peak_mib", "Peak memory of that step, MiB, by sequence length", ".0f")):

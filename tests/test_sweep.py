@@ -146,6 +146,7 @@ def test_bakeoff_config_is_the_default_job():
     gpu = configure(train_runner.DEFAULTS, [str(ROOT / "config" / "bakeoff.py")], raw_overrides={"device": "cuda"})
     assert gpu["max_iters"] == 3000 and len(gpu["seeds"].split(",")) == 3  # the model configs' own lengths apply
     assert gpu["runs_per_gpu"] == 3 and cfg["runs_per_gpu"] == 1  # shared GPUs: results/h100/sharing
+    assert gpu["lr_bracket"] == 2 and cfg["lr_bracket"] == 0
 
 
 def specs_for(**raw):
@@ -162,16 +163,18 @@ def test_benchmarked_families_keep_their_own_defaults():
 
 def test_workers_share_the_sweep_and_each_run_is_trained_once(tiny_sweep, capfd):
     cfg, paths, raw = tiny_sweep
-    cfg = dict(cfg, models_to_test="vanilla,linear", learning_rates="1e-3,2e-3", sweep_workers=2)
-    raw = dict(raw, models_to_test="vanilla,linear", learning_rates="1e-3,2e-3", sweep_workers="2")
+    # with lr_bracket the workers train the grid, then the step past its better end (1e-3, after 6 iterations)
+    cfg = dict(cfg, models_to_test="vanilla,linear", learning_rates="1e-4,1e-3", sweep_workers=2, lr_bracket=1)
+    raw = dict(raw, models_to_test="vanilla,linear", learning_rates="1e-4,1e-3", sweep_workers="2", lr_bracket="1")
     train_runner.sweep(cfg, paths, raw)
     runs = train_runner.sweep_root(cfg) / "runs"
     statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in runs.glob("*/metrics.json")}
-    assert statuses == {f"{m}_lr{lr}_s1337": "done" for m in ("vanilla", "linear") for lr in ("0.001", "0.002")}
+    lrs = ("0.0001", "0.001", "0.01")
+    assert statuses == {f"{m}_lr{lr}_s1337": "done" for m in ("vanilla", "linear") for lr in lrs}
     assert not list(runs.glob("*/.claimed"))  # claims are released as runs finish
     out = capfd.readouterr().out  # the workers' output: each run started by exactly one of them
     for m in ("vanilla", "linear"):
-        for lr in ("0.001", "0.002"):
+        for lr in lrs:
             assert out.count(f": {m} lr={lr} seed=1337") == 1, (m, lr)
     train_runner.sweep(cfg, paths, raw)  # a second time: every worker finds every run done
     assert not list(runs.glob("*/.claimed"))
@@ -260,3 +263,37 @@ def test_decode_timing_leaves_out_the_prefill(monkeypatch):
     out = m.generate(torch.zeros(1, 4, dtype=torch.long), 5, temperature=0, on_token=lambda i: seen.append(i))
     assert seen == [1, 2, 3, 4, 5] and out.shape == (1, 9)
     assert train_runner.decode_ms_per_token(m, torch.zeros(1, 4, dtype=torch.long), "cpu") < 50
+
+
+def test_lr_bracket_steps_past_the_end_where_the_best_learning_rate_is(tmp_path):
+    def record(name, lr, status, best, seed=1337):
+        out = tmp_path / "runs" / train_runner.run_folder(name, lr, seed)
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"status": status, "best_val_loss": best}))
+    grid = [5e-4, 1e-3, 2e-3]
+    for lr, best in zip(grid, (1.50, 1.52, 1.55)):
+        record("low", lr, "done", best)
+    for lr, best in zip(grid, (1.50, 1.45, 1.48)):
+        record("inside", lr, "done", best)
+    for lr, best in zip(grid, (1.50, 1.45, 1.0)):
+        record("high", lr, "diverged" if lr == 2e-3 else "done", best)  # a diverged run is worst, whatever it had
+    assert train_runner.lr_beyond(tmp_path, "low", grid, grid, [1337]) == 2.5e-4
+    assert train_runner.lr_beyond(tmp_path, "inside", grid, grid, [1337]) is None
+    assert train_runner.lr_beyond(tmp_path, "high", grid, grid, [1337]) is None
+    record("high", 4e-3, "done", 1.40)  # an earlier round's step up: now the best, and at the end again
+    assert train_runner.lr_beyond(tmp_path, "high", [*grid, 4e-3], grid, [1337]) == 8e-3
+    assert train_runner.lr_beyond(tmp_path, "low", [1e-3], [1e-3], [1337]) is None  # one value: no step
+
+
+def test_a_sweep_with_lr_bracket_trains_one_step_past_the_best_end_and_resumes_it(tiny_sweep, capsys):
+    cfg, paths, raw = tiny_sweep
+    cfg = dict(cfg, models_to_test="vanilla", learning_rates="1e-4,1e-3", lr_bracket=1)
+    train_runner.sweep(cfg, paths, raw)  # 6 iterations: the larger learning rate is the better one
+    runs = train_runner.sweep_root(cfg) / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["vanilla_lr0.0001_s1337", "vanilla_lr0.001_s1337",
+                                                      "vanilla_lr0.01_s1337"]
+    assert json.loads((runs / "vanilla_lr0.01_s1337" / "metrics.json").read_text())["status"] == "done"
+    assert "also 0.01" in capsys.readouterr().out
+    train_runner.sweep(cfg, paths, raw)
+    assert capsys.readouterr().out.count("already done, skipped") == 3
+    assert train_runner.report(cfg)["vanilla"]["lr_sweep"].keys() == {"0.0001", "0.001", "0.01"}
