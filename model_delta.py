@@ -28,7 +28,9 @@ entering, cumulative decays Γ_i = Π_{j≤i} α_j, and
     S' = Γ_C S + (K ⊙ Γ_C/Γ)ᵀ U
 
 so everything but the S recurrence across chunks is batched matrix work: O(T·C·d + T·d²), never
-T×T. On CUDA the same function runs in flash-linear-attention's chunk kernels (bf16). FLA's gated
+T×T. That recurrence is affine in S, S' = M S + D with M = Γ_C I - (K ⊙ Γ_C/Γ)ᵀ W, so at long T
+it is solved as a scan over chunks (pairs composed, log₂ of the chunk count levels) instead of one
+small step per chunk. On CUDA the same function runs in flash-linear-attention's chunk kernels (bf16). FLA's gated
 kernels refuse some setups (Triton >= 3.4, < 3.7.1 on Hopper); the layer then falls back to the
 PyTorch form with one warning, and kernel_path says 'pytorch-fallback'.
 
@@ -61,6 +63,7 @@ class GPTConfig(model.GPTConfig):
     head_k_dim: int = 0  # 0: n_embd // n_head
     head_v_dim: int = 0  # 0: = the key head dim
     chunk_size: int = 64
+    scan_from: int = 16  # chunks per sequence from which the state recurrence is a scan, not a loop; 0: never
     use_fla: bool = True  # flash-linear-attention's kernels on CUDA; False: the PyTorch path everywhere
 
     def __post_init__(self):
@@ -73,6 +76,8 @@ class GPTConfig(model.GPTConfig):
         for name in ("num_householder", "conv_size", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.scan_from < 0:
+            raise ValueError(f"scan_from must be >= 0 (0: the loop over chunks always), got {self.scan_from}")
         if self.head_k_dim < 0 or self.head_v_dim < 0:
             raise ValueError("head_k_dim and head_v_dim must be >= 0 (0: the default)")
         if self.n_kv_head != self.n_head:
@@ -114,8 +119,11 @@ def recurrent_delta_rule(q, k, v, beta, log_alpha=None, state=None):
     return torch.stack(out, dim=2), S
 
 
-def chunked_delta_rule(q, k, v, beta, log_alpha=None, chunk_size=64, state=None):
-    """The same function in chunks (WY representation; module docstring). Same arguments."""
+def chunked_delta_rule(q, k, v, beta, log_alpha=None, chunk_size=64, state=None, scan_from=16):
+    """The same function in chunks (WY representation; module docstring). Same arguments; the states
+    between chunks come from a loop over the chunks or, from `scan_from` chunks on (0: never), from
+    chunk_state_scan in O(log chunks) batched steps (the default 16 is where the scan caught up with the
+    loop on a 2-core CPU, results/cpu/delta_scan; on a GPU the loop's small launches cost more still)."""
     B, H, T, K = k.shape
     V, C = v.shape[-1], chunk_size
     pad = (-T) % C
@@ -144,12 +152,36 @@ def chunked_delta_rule(q, k, v, beta, log_alpha=None, chunk_size=64, state=None)
     chunk_decay = gamma[..., -1].exp()[..., None, None]
 
     S = torch.zeros(B, H, K, V, dtype=q.dtype, device=q.device) if state is None else state
+    if 0 < scan_from <= N:
+        # S' = Γ_C S + (K ⊙ Γ_C/Γ)ᵀ (u_free - W S) is affine in S: S' = M S + D with, per chunk,
+        k_end_t = k_to_end.transpose(-1, -2)
+        M = chunk_decay * torch.eye(K, dtype=q.dtype, device=q.device) - k_end_t @ W
+        states, S = chunk_state_scan(M, k_end_t @ u_free, S)  # the state entering each chunk, and the last
+        out = (q_decayed - P @ W) @ states + P @ u_free  # O = Q_Γ S + P (u_free - W S), for all chunks at once
+        return out.reshape(B, H, N * C, V)[:, :, :T], S
     out = []
     for n in range(N):  # the only sequential part: the state from chunk to chunk
         U = u_free[:, :, n] - W[:, :, n] @ S
         out.append(q_decayed[:, :, n] @ S + P[:, :, n] @ U)
         S = chunk_decay[:, :, n] * S + k_to_end[:, :, n].transpose(-1, -2) @ U
     return torch.stack(out, dim=2).reshape(B, H, N * C, V)[:, :, :T], S
+
+
+def chunk_state_scan(M, D, S):
+    """States of the recurrence S_{n+1} = M_n S_n + D_n: M [..., N, K, K], D [..., N, K, V], S_0 [..., K, V].
+    Returns (S_0..S_{N-1} as [..., N, K, V], S_N). Pairs of chunks are composed into one step
+    (M₂M₁, M₂D₁ + D₂), the half-length recurrence is solved the same way, and the states between
+    pairs follow in one batched step: log₂ N levels, 2N matrices in all (work-efficient)."""
+    N = M.shape[-3]
+    if N == 1:
+        return S[..., None, :, :], M[..., 0, :, :] @ S + D[..., 0, :, :]
+    if N % 2:  # an identity step at the end makes the pairs come out even
+        M = torch.cat([M, torch.eye(M.shape[-1], dtype=M.dtype, device=M.device).expand_as(M[..., :1, :, :])], -3)
+        D = torch.cat([D, torch.zeros_like(D[..., :1, :, :])], -3)
+    M1, M2, D1, D2 = M[..., 0::2, :, :], M[..., 1::2, :, :], D[..., 0::2, :, :], D[..., 1::2, :, :]
+    even, last = chunk_state_scan(M2 @ M1, M2 @ D1 + D2, S)  # the states entering chunks 0, 2, 4, ...
+    odd = M1 @ even + D1  # and entering chunks 1, 3, 5, ...
+    return torch.stack([even, odd], -3).flatten(-4, -3)[..., :N, :, :], last
 
 
 def implied_attention(q, k, beta, log_alpha=None):
@@ -317,7 +349,7 @@ class DeltaAttention(nn.Module):
             q, k, v, beta, log_alpha = self._reference_inputs(*inputs)
             qe, lae = self._expand(q, log_alpha, T)
             with torch.autocast(x.device.type, enabled=False):  # the reference runs in (at least) float32
-                o, S = chunked_delta_rule(qe, k, v, beta, lae, c.chunk_size)
+                o, S = chunked_delta_rule(qe, k, v, beta, lae, c.chunk_size, scan_from=c.scan_from)
             o = o[:, :, n - 1::n]
             if cache is not None:
                 cache.S.copy_(S)

@@ -23,13 +23,14 @@ def random_inputs(T, gated, B=2, H=3, K=5, V=4):
     return q, k, v, beta, log_alpha
 
 
+@pytest.mark.parametrize("scan", [0, 1], ids=["chunk-loop", "chunk-scan"])
 @pytest.mark.parametrize("gated", [False, True])
-@pytest.mark.parametrize("T", [1, 7, 16, 37])
-def test_chunked_equals_recurrence(T, gated):
+@pytest.mark.parametrize("T", [1, 7, 16, 37, 100])  # 1, 1, 2, 5 and 13 chunks: odd counts at several levels
+def test_chunked_equals_recurrence(T, gated, scan):
     q, k, v, beta, log_alpha = random_inputs(T, gated)
     state = torch.randn(2, 3, 5, 4, dtype=torch.double)
     ref, ref_S = recurrent_delta_rule(q, k, v, beta, log_alpha, state)
-    out, S = chunked_delta_rule(q, k, v, beta, log_alpha, chunk_size=8, state=state)
+    out, S = chunked_delta_rule(q, k, v, beta, log_alpha, chunk_size=8, state=state, scan_from=scan)
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-10)
     torch.testing.assert_close(S, ref_S, rtol=0, atol=1e-10)
 
@@ -42,9 +43,11 @@ def test_implied_attention_reproduces_the_output():
     assert M.triu(1).abs().max() == 0  # causal
 
 
-def test_gradients_match_finite_differences():
-    q, k, v, beta, log_alpha = (t.requires_grad_() for t in random_inputs(6, True, B=1, H=1, K=3, V=2))
-    assert torch.autograd.gradcheck(lambda *a: chunked_delta_rule(*a, chunk_size=4)[0], (q, k, v, beta, log_alpha))
+@pytest.mark.parametrize("scan", [0, 1], ids=["chunk-loop", "chunk-scan"])
+def test_gradients_match_finite_differences(scan):
+    q, k, v, beta, log_alpha = (t.requires_grad_() for t in random_inputs(9, True, B=1, H=1, K=3, V=2))
+    assert torch.autograd.gradcheck(lambda *a: chunked_delta_rule(*a, chunk_size=4, scan_from=scan)[0],
+                                    (q, k, v, beta, log_alpha))
 
 
 def tiny(pos_emb="learned", **kw):
@@ -52,6 +55,13 @@ def tiny(pos_emb="learned", **kw):
     cfg = dict(block_size=16, vocab_size=11, n_layer=2, n_head=4, n_embd=32, chunk_size=5, pos_emb=pos_emb)
     cfg.update(kw)
     return GPT(GPTConfig(**cfg)).double().eval()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_layer_computes_the_same_with_the_chunk_scan_as_with_the_loop(variant):
+    idx = torch.randint(0, 11, (2, 16))
+    loop, scan = tiny(variant=variant, chunk_size=2, scan_from=0), tiny(variant=variant, chunk_size=2, scan_from=1)
+    torch.testing.assert_close(scan(idx, idx)[0], loop(idx, idx)[0], rtol=0, atol=1e-10)
 
 
 def test_deltaproduct_with_one_step_is_gated_deltanet():
@@ -130,6 +140,7 @@ def test_parameter_counts_are_measured_on_the_module():
     (dict(pos_emb="rope"), "the delta family takes"),
     (dict(n_kv_head=2), "no grouped K/V heads"),
     (dict(head_k_dim=-1), "head_k_dim and head_v_dim must be >= 0"),
+    (dict(scan_from=-1), "scan_from must be >= 0"),
 ])
 def test_bad_config(bad, message):
     with pytest.raises(ValueError, match=message):
