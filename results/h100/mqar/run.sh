@@ -1,0 +1,6 @@
+#!/bin/bash
+# The recall bake-off (MQAR, Zoology's setting: config/mqar.py's GPU profile) on one H100, in parts
+# (results/h100/part.sh says how they resume):
+#   bash results/h100/mqar/run.sh DIR [SECONDS]      (defaults: /tmp/mqar, 540)
+[ -f data/mqar/val.npz ] || python data/mqar/prepare.py || exit
+exec bash results/h100/part.sh results/h100/mqar "${1:-/tmp/mqar}" "${2:-540}" config/mqar.py --stage=mqar
