@@ -1067,12 +1067,8 @@ def bench(cfg, specs=None):
             rows.append(row)
             print(json.dumps(row))
             tracker.log({f"{name}/{k}": v for k, v in row.items() if k in ("ms", "ms_per_token", "peak_mib")}, T)
-            write_json(path, {"stage": stage, "rows": [*rows, *(r for r in done.values() if r not in rows)],
-                              "environment": env, "config": cfg})
-    # the file keeps the rows of models and lengths this call was not asked for: a benchmark of one family
-    # adds to the bake-off's file, never empties it of the others
-    result = {"stage": stage, "rows": [*rows, *(r for r in done.values() if r not in rows)], "environment": env,
-              "config": cfg}
+            write_json(path, {"stage": stage, "rows": with_others(rows, kept), "environment": env, "config": cfg})
+    result = {"stage": stage, "rows": with_others(rows, kept), "environment": env, "config": cfg}
     write_json(path, result)
     table = bench_table(stage, result["rows"], device_type)
     atomic_write(Path(cfg["out_dir"]) / f"{stage}.md", lambda f: f.write(table.encode()))
@@ -1080,6 +1076,14 @@ def bench(cfg, specs=None):
     tracker.artifacts([path])
     tracker.finish()
     return result
+
+
+def with_others(rows, kept):
+    """rows, then the kept rows of the (model, length) pairs they do not measure: a benchmark of one family
+    adds to the bake-off's file, never empties it of the others, and a row measured again replaces its
+    older self (a stale key's too)."""
+    measured = {(r["model"], r["T"]) for r in rows}
+    return [*rows, *(r for r in kept if (r["model"], r["T"]) not in measured)]
 
 
 def markdown_table(header, rows):

@@ -246,6 +246,11 @@ def test_benchmarks_on_cpu(tmp_path):
     assert sorted((r["model"], r["T"]) for r in kept) == [
         ("linear", 8), ("linear", 16), ("linear", 32), ("vanilla", 8), ("vanilla", 32)] and kept == again["rows"]
     assert next(r for r in kept if r["model"] == "linear" and r["T"] == 8) in decode["rows"]  # kept, not re-run
+    # measured again with other settings (a stale key): the new row replaces the old, never sits beside it
+    train_runner.bench(configure(train_runner.DEFAULTS, overrides=dict(
+        common, models="linear", stage="bench_decode", decode_lens="8", trials=1)))
+    rows = json.loads((tmp_path / "bench_decode.json").read_text())["rows"]
+    assert sorted((r["model"], r["T"]) for r in rows) == sorted((r["model"], r["T"]) for r in kept)
 
 
 @pytest.mark.gpu
