@@ -14,6 +14,7 @@ if device == "cpu":  # noqa: F821 (train_runner settles `device` before reading 
     max_iters = lr_decay_iters = 300
     eval_interval, eval_iters, log_interval, warmup_iters = 100, 10, 50, 20
     seq_lens, decode_lens, tokens_per_batch, trials = "64,256,1024", "64,256,1024", 2048, 3
+    lr_bracket = 1  # at 300 iterations every model is best at the grid's top: one step more shows how far
 else:  # the published experiment: 3 seeds for error bars
     seeds = "1337,1338,1339"
     # a family whose best is at an end of the grid gets up to two more steps past it: on the H100's first

@@ -146,7 +146,7 @@ def test_bakeoff_config_is_the_default_job():
     gpu = configure(train_runner.DEFAULTS, [str(ROOT / "config" / "bakeoff.py")], raw_overrides={"device": "cuda"})
     assert gpu["max_iters"] == 3000 and len(gpu["seeds"].split(",")) == 3  # the model configs' own lengths apply
     assert gpu["runs_per_gpu"] == 3 and cfg["runs_per_gpu"] == 1  # shared GPUs: results/h100/sharing
-    assert gpu["lr_bracket"] == 2 and cfg["lr_bracket"] == 0
+    assert gpu["lr_bracket"] == 2 and cfg["lr_bracket"] == 1
 
 
 def specs_for(**raw):
