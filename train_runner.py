@@ -1018,7 +1018,7 @@ def bench(cfg, specs=None):
                 rows.append(done[key])
                 print(json.dumps(done[key]) + f"  (kept from {path})")
                 continue
-            row = {"model": name, "T": T, "key": key}
+            row = {"model": name, "T": T, "key": key, "commit": env["git_commit"]}  # a kept row keeps its own
             if device_type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -1416,7 +1416,9 @@ def report(cfg):
             "peak_mib": by_length("bench_memory", "peak_mib", name), "step_ms": by_length("bench_memory", "ms", name),
         }
     # a bake-off made in parts may span commits: name each one its runs and benchmarks were made at
-    commits = {e.get("environment", {}).get("git_commit") for e in [*runs, *bench_files.values()]} - {None}
+    commits = {m.get("environment", {}).get("git_commit") for m in runs}
+    commits |= {r.get("commit", f["environment"].get("git_commit")) for f in bench_files.values() for r in f["rows"]}
+    commits -= {None}
     env = dict(runs[0].get("environment", {}), git_commit=", ".join(sorted(commits)))
     write_json(root / "bakeoff.json", {"models": models, "environment": env, "param_matching": matching})
     write_report_md(root, models, env)
