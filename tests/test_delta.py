@@ -209,3 +209,16 @@ def test_fla_probe_takes_its_backward_even_when_first_called_from_decoding(monke
     with torch.inference_mode():
         assert model_delta.fla_status("deltanet") is None
     assert seen == [True]
+
+
+@pytest.mark.gpu
+def test_gpu_chunk_scan_equals_the_chunk_loop_at_long_context():
+    # the fallback's path at long T on CUDA (float32, as the layer runs it): 128 chunks, 7 levels of the scan
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 8192, 64, device="cuda") for _ in range(3))
+    k = torch.nn.functional.normalize(k, dim=-1)
+    beta, log_alpha = torch.rand(2, 4, 8192, device="cuda"), -torch.rand(2, 4, 8192, device="cuda") * 0.1
+    loop, S_loop = chunked_delta_rule(q / 8, k, v, beta, log_alpha, 64, scan_from=0)
+    scan, S_scan = chunked_delta_rule(q / 8, k, v, beta, log_alpha, 64, scan_from=1)
+    torch.testing.assert_close(scan, loop, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(S_scan, S_loop, rtol=1e-3, atol=1e-3)
