@@ -212,8 +212,10 @@ def test_fla_probe_takes_its_backward_even_when_first_called_from_decoding(monke
 
 
 @pytest.mark.gpu
-def test_gpu_chunk_scan_equals_the_chunk_loop_at_long_context():
-    # the fallback's path at long T on CUDA (float32, as the layer runs it): 128 chunks, 7 levels of the scan
+def test_gpu_chunk_scan_equals_the_chunk_loop_at_long_context(monkeypatch):
+    # the fallback's path at long T on CUDA (float32, as the layer runs it): 128 chunks, 7 levels of the scan;
+    # full float32 products (training turns TF32 on, which would blur both sides' rounding alike)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 8192, 64, device="cuda") for _ in range(3))
     k = torch.nn.functional.normalize(k, dim=-1)
