@@ -1536,7 +1536,11 @@ def plot_report(root, by_model, models, benches):
             ooms = [r["T"] for r in rows if r["model"] == name and r.get("status") == "OOM"]
             if ooms:
                 ax.scatter(ooms, [max(p[1] for p in pts)] * len(ooms), marker="x", color="red")
-        ax.set(xlabel="context / sequence length", ylabel=ylabel, xscale="log", yscale="log" if key == "peak_mib" else "linear")
+        xlabel = "context / sequence length"
+        tokens = sorted({r["batch"] * r["T"] for r in rows if "batch" in r})
+        if len(tokens) > 1:  # past tokens_per_batch the batch stays 1, so a step carries more tokens there
+            xlabel += f" ({tokens[0]:,} tokens per step; up to {tokens[-1]:,} where the batch is 1)"
+        ax.set(xlabel=xlabel, ylabel=ylabel, xscale="log", yscale="log" if key == "peak_mib" else "linear")
         ax.legend(fontsize=8)
         save(fig, png)
 
