@@ -30,9 +30,9 @@ entering, cumulative decays Γ_i = Π_{j≤i} α_j, and
 so everything but the S recurrence across chunks is batched matrix work: O(T·C·d + T·d²), never
 T×T. That recurrence is affine in S, S' = M S + D with M = Γ_C I - (K ⊙ Γ_C/Γ)ᵀ W, so at long T
 it is solved as a scan over chunks (pairs composed, log₂ of the chunk count levels) instead of one
-small step per chunk. On CUDA the same function runs in flash-linear-attention's chunk kernels (bf16). FLA's gated
-kernels refuse some setups (Triton >= 3.4, < 3.7.1 on Hopper); the layer then falls back to the
-PyTorch form with one warning, and kernel_path says 'pytorch-fallback'.
+small step per chunk. On CUDA the same function runs in flash-linear-attention's chunk kernels
+(bf16). FLA's gated kernels refuse some setups (Triton >= 3.4, < 3.7.1 on Hopper); the layer then
+falls back to the PyTorch form with one warning, and kernel_path says 'pytorch-fallback'.
 
 Decoding carries S (and the last conv_size-1 projections for the convolutions): constant memory
 and time per token. With learned positions the context is capped at block_size like softmax's;
