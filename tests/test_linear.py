@@ -137,7 +137,7 @@ def test_trains_through_the_runner(shakespeare, tmp_path, variant):
 def test_gpu_fla_equals_reference(variant):
     pytest.importorskip("fla")
     torch.manual_seed(0)
-    cfg = GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_head=6, n_embd=384, **variant)
+    cfg = GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_head=6, n_embd=384, use_fla=True, **variant)
     model = GPT(cfg).cuda()
     assert model.kernel_paths("cuda") == (["pytorch"] if variant["feature_map"] == "taylor" else ["fla"])
     idx = torch.randint(0, 65, (4, 1024), device="cuda")

@@ -39,6 +39,20 @@ for name in ("one_gpu", "two_gpus_same_start", "two_gpus"):
 names = [Path(m).name for m in sorted(str(p.parent) for p in (HERE / "sweep" / "one_gpu").glob("runs/*/metrics.json"))]
 lines += ["", "## The sweep on 1 and 2 GPUs: best val loss / run seconds (compile included)", "",
           *markdown_table(["sweep", *names], sweeps)]
+
+# the bake-off's own sweep protocol (config/bakeoff.py: 3 runs per GPU, up to 2 bracketing rounds) on 1 and 2 GPUs
+walls = dict(line.split(" rc=0 wall_s=") for line in (HERE / "sweep_bracketed" / "walls.txt").read_text().split("\n") if line)
+bracketed = []
+for name in ("one_gpu", "two_gpus"):
+    runs = [json.loads(p.read_text()) for p in (HERE / "sweep_bracketed" / name).glob("runs/*/metrics.json")]
+    wall = float(walls[f"sweep_{name}"])
+    tried = {m: sorted({r["config"]["learning_rate"] for r in runs if r["config"]["model_type"] == m})
+             for m in ("vanilla", "sparse")}
+    lrs = "; ".join(f"{m}: {', '.join(map(str, v))}" for m, v in tried.items())
+    bracketed.append([name, str(len(runs)), f"{wall:.1f}", f"{wall / len(runs):.1f}", lrs])
+lines += ["", "## The bracketed sweep (vanilla, sparse; 2 seeds; 3000 iterations) on 1 and 2 GPUs", "",
+          *markdown_table(["sweep", "runs", "wall s", "wall s per run", "learning rates tried"], bracketed),
+          "", f"Wall per run, 2 GPUs / 1 GPU: {float(bracketed[1][3]) / float(bracketed[0][3]):.2f}."]
 (HERE / "summary.md").write_text("\n".join(lines) + "\n")
 
 plt = pyplot()
