@@ -36,6 +36,11 @@ Paths (kernel_path):
               FlexAttention the window.
     flex      on CUDA otherwise: FlexAttention for all three branches; the selection becomes a
               BlockMask of 128×128 tiles built per forward from the chosen blocks.
+    flex+triton  with use_triton: as flex, but the selected branch runs in this file's Triton kernels
+              (SelectedAttention): each (token, K/V head) reads just its n blocks for the whole GQA
+              group, as the paper's kernel does, and the backward inverts the selection so each
+              block's dK/dV gathers the queries that chose it. Tiles that neighbouring queries'
+              different choices leave dense, which slow the flex path at long T, do not arise.
 Decoding keeps the full static KV cache (selection may reach anything) and the compressed keys and
 values, each written as its block completes; a step scores the compressed blocks, then gathers only
 the n selected blocks and the window from the cache.
@@ -71,6 +76,7 @@ class GPTConfig(model.GPTConfig):
     head_size: int = 0  # 0: n_embd // n_head
     use_fla: bool = True  # flash-linear-attention's kernels on CUDA where the layout allows
     use_flex: bool = True  # FlexAttention on CUDA otherwise; False: the PyTorch path everywhere
+    use_triton: bool = False  # on the flex path, the selected branch in this file's Triton kernel
 
     def __post_init__(self):
         if self.head_size < 0:
@@ -91,6 +97,8 @@ class GPTConfig(model.GPTConfig):
                              f"read), got {self.select_count}")
         if self.window < 0:
             raise ValueError(f"window must be >= 0 (0: no window branch), got {self.window}")
+        if self.use_triton and (self.select_block < 16 or self.select_block & (self.select_block - 1)):
+            raise ValueError(f"use_triton needs select_block a power of two >= 16, got {self.select_block}")
 
     @property
     def head_dim(self):
@@ -350,6 +358,194 @@ def selection_for_flex(q, kc, config):
     return torch.cat(out, dim=2)
 
 
+# -- the selected branch in Triton: a GQA group's query heads together, only the blocks they chose --------
+# Forward and dQ: one program per (token, K/V head) runs over its n blocks with an online softmax (the
+# paper's kernel). dK/dV: the selection inverted (for each block, the tokens that chose it), one program
+# per segment of SLC_SEGMENT tokens of one block, so a block every query reads (the first) is spread over
+# many programs; segments of one block add their partial dK/dV atomically. No T×T anything.
+SLC_SEGMENT = 256  # tokens per dK/dV program
+SLC_ROWS = 128  # query rows (tokens × heads of the group) per step of a dK/dV program
+
+
+def selected_indices(sel, n):
+    """[B, Hkv, T, Ts] bool -> [B, Hkv, T, n] int32 block ids, -1 where fewer than n are chosen."""
+    top = sel.to(torch.int8).topk(min(n, sel.shape[-1]), dim=-1)
+    return top.indices.masked_fill(top.values == 0, -1).to(torch.int32)
+
+
+def selection_work(idx, n_sel, segment=None):
+    """The selection inverted, for the dK/dV kernel, with no host synchronisation. idx [B, Hkv, T, n] ->
+    (tokens [B·Hkv, T·n] int32: the tokens grouped by the block they chose, work [B·Hkv, W, 3] int32:
+    (block, first, end) ranges of at most `segment` entries of tokens, block -1 past the last)."""
+    BH, T, n = idx.shape[0] * idx.shape[1], idx.shape[2], idx.shape[3]
+    segment = segment or SLC_SEGMENT
+    block = idx.reshape(BH, T * n).long()
+    block = torch.where(block < 0, n_sel, block)  # unused slots sort last, into a block of their own
+    tokens = (torch.argsort(block, dim=1, stable=True) // n).to(torch.int32)
+    counts = torch.zeros(BH, n_sel + 1, dtype=torch.long, device=idx.device).scatter_add_(1, block, torch.ones_like(block))
+    counts = counts[:, :n_sel]
+    starts = counts.cumsum(1) - counts
+    n_seg = (counts + segment - 1) // segment
+    seg_end = n_seg.cumsum(1)
+    W = n_sel + T * n // segment + 1  # >= Σ ceil(count / segment)
+    p = torch.arange(W, device=idx.device).expand(BH, W).contiguous()
+    j = torch.searchsorted(seg_end, p, right=True)
+    jc = j.clamp(max=n_sel - 1)
+    first = starts.gather(1, jc) + (p - (seg_end.gather(1, jc) - n_seg.gather(1, jc))) * segment
+    end = torch.minimum(first + segment, starts.gather(1, jc) + counts.gather(1, jc))
+    work = torch.stack([torch.where(j < n_sel, jc, -1), first, end], dim=-1).to(torch.int32)
+    return tokens, work
+
+
+@functools.cache
+def selected_kernels():
+    """The three Triton kernels, compiled on first use (TRITON_INTERPRET=1 runs them on a CPU, for tests)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def fwd(Q, K, V, IDX, OUT, LSE, T, qk_scale, n_kv, G: tl.constexpr, D: tl.constexpr, BG: tl.constexpr,
+            BD: tl.constexpr, BS: tl.constexpr, N: tl.constexpr):
+        t, bh = tl.program_id(0), tl.program_id(1)
+        hk = bh % n_kv
+        rows = (bh - hk) * G + hk * G + tl.arange(0, BG)  # query heads b·H + hk·G + g
+        d, s = tl.arange(0, BD), tl.arange(0, BS)
+        row_ok = tl.arange(0, BG) < G
+        q = tl.load(Q + (rows[:, None] * T + t) * D + d[None, :], mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
+        m = tl.full([BG], float("-inf"), tl.float32)
+        den = tl.zeros([BG], tl.float32)
+        acc = tl.zeros([BG, BD], tl.float32)
+        for i in range(N):
+            j = tl.load(IDX + (bh * T + t) * N + i)
+            if j >= 0:
+                key = j * BS + s
+                ok = key <= t
+                kv = (bh * T + key[:, None]) * D + d[None, :]
+                k = tl.load(K + kv, mask=ok[:, None] & (d[None, :] < D), other=0.0)
+                v = tl.load(V + kv, mask=ok[:, None] & (d[None, :] < D), other=0.0)
+                x = tl.where(ok[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
+                m_new = tl.maximum(m, tl.max(x, 1))
+                p = tl.exp2(x - m_new[:, None])
+                alpha = tl.exp2(m - m_new)
+                den = den * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m = m_new
+        tl.store(OUT + (rows[:, None] * T + t) * D + d[None, :], (acc / den[:, None]).to(OUT.dtype.element_ty),
+                 mask=row_ok[:, None] & (d[None, :] < D))
+        tl.store(LSE + rows * T + t, m + tl.log2(den), mask=row_ok)
+
+    @triton.jit
+    def bwd_dq(Q, K, V, IDX, DO, LSE, DELTA, DQ, T, qk_scale, sm_scale, n_kv, G: tl.constexpr, D: tl.constexpr,
+               BG: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr, N: tl.constexpr):
+        t, bh = tl.program_id(0), tl.program_id(1)
+        hk = bh % n_kv
+        rows = (bh - hk) * G + hk * G + tl.arange(0, BG)
+        d, s = tl.arange(0, BD), tl.arange(0, BS)
+        row_ok = tl.arange(0, BG) < G
+        at = (rows[:, None] * T + t) * D + d[None, :]
+        q_ok = row_ok[:, None] & (d[None, :] < D)
+        q = tl.load(Q + at, mask=q_ok, other=0.0)
+        do = tl.load(DO + at, mask=q_ok, other=0.0)
+        lse = tl.load(LSE + rows * T + t, mask=row_ok, other=0.0)
+        delta = tl.load(DELTA + rows * T + t, mask=row_ok, other=0.0)
+        dq = tl.zeros([BG, BD], tl.float32)
+        for i in range(N):
+            j = tl.load(IDX + (bh * T + t) * N + i)
+            if j >= 0:
+                key = j * BS + s
+                ok = key <= t
+                kv = (bh * T + key[:, None]) * D + d[None, :]
+                k = tl.load(K + kv, mask=ok[:, None] & (d[None, :] < D), other=0.0)
+                v = tl.load(V + kv, mask=ok[:, None] & (d[None, :] < D), other=0.0)
+                p = tl.where(ok[None, :], tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None]), 0.0)
+                ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+                dq += tl.dot(ds.to(k.dtype), k)
+        tl.store(DQ + at, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_ok)
+
+    @triton.jit
+    def bwd_dkdv(Q, K, V, TOKENS, WORK, DO, LSE, DELTA, DK, DV, T, qk_scale, sm_scale, n_kv, W,
+                 G: tl.constexpr, D: tl.constexpr, BG: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr,
+                 N: tl.constexpr, R: tl.constexpr):
+        w, bh = tl.program_id(0), tl.program_id(1)
+        j = tl.load(WORK + (bh * W + w) * 3)
+        if j >= 0:
+            first = tl.load(WORK + (bh * W + w) * 3 + 1)
+            end = tl.load(WORK + (bh * W + w) * 3 + 2)
+            hk = bh % n_kv
+            d, s, r = tl.arange(0, BD), tl.arange(0, BS), tl.arange(0, R)
+            key = j * BS + s
+            kv = (bh * T + key[:, None]) * D + d[None, :]
+            kv_ok = (key[:, None] < T) & (d[None, :] < D)
+            k = tl.load(K + kv, mask=kv_ok, other=0.0)
+            v = tl.load(V + kv, mask=kv_ok, other=0.0)
+            dk = tl.zeros([BS, BD], tl.float32)
+            dv = tl.zeros([BS, BD], tl.float32)
+            for e in range(first, end, R // BG):  # R // BG tokens, R rows (token, head) per step
+                at_e = e + r // BG
+                ok = (at_e < end) & (r % BG < G)
+                tok = tl.load(TOKENS + bh * T * N + at_e, mask=ok, other=0)
+                row = (bh - hk) * G + hk * G + r % BG
+                at = (row[:, None] * T + tok[:, None]) * D + d[None, :]
+                q = tl.load(Q + at, mask=ok[:, None] & (d[None, :] < D), other=0.0)
+                do = tl.load(DO + at, mask=ok[:, None] & (d[None, :] < D), other=0.0)
+                lse = tl.load(LSE + row * T + tok, mask=ok, other=0.0)
+                delta = tl.load(DELTA + row * T + tok, mask=ok, other=0.0)
+                live = ok[None, :] & (key[:, None] <= tok[None, :])
+                p = tl.where(live, tl.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :]), 0.0)  # [BS, R]
+                dv += tl.dot(p.to(do.dtype), do)
+                ds = p * (tl.dot(v, tl.trans(do)) - delta[None, :])
+                dk += tl.dot(ds.to(q.dtype), q)
+            tl.atomic_add(DK + kv, dk * sm_scale, mask=kv_ok)
+            tl.atomic_add(DV + kv, dv, mask=kv_ok)
+
+    return fwd, bwd_dq, bwd_dkdv
+
+
+def _slc_shapes(q, k, select_block, n):
+    import triton
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv
+    return dict(G=G, D=D, BG=max(16, triton.next_power_of_2(G)), BD=max(16, triton.next_power_of_2(D)),
+                BS=select_block, N=n), (B * Hkv, T, Hkv)
+
+
+class SelectedAttention(torch.autograd.Function):
+    """The selected branch: q [B, H, T, D] attends, per GQA group, the blocks idx [B, Hkv, T, n] of
+    k, v [B, Hkv, T, D] (keys after the query masked). Triton forward and backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, idx, select_block):
+        q, k, v, idx = (t.contiguous() for t in (q, k, v, idx))
+        shapes, (BH, T, Hkv) = _slc_shapes(q, k, select_block, idx.shape[-1])
+        o = torch.empty_like(q)
+        lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)  # log2 of the softmax's sum
+        sm_scale = 1.0 / math.sqrt(q.shape[-1])
+        selected_kernels()[0][(T, BH)](q, k, v, idx, o, lse, T, sm_scale * LOG2E, Hkv, **shapes)
+        ctx.save_for_backward(q, k, v, idx, o, lse)
+        ctx.select_block = select_block
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, idx, o, lse = ctx.saved_tensors
+        do = do.contiguous()
+        shapes, (BH, T, Hkv) = _slc_shapes(q, k, ctx.select_block, idx.shape[-1])
+        sm_scale = 1.0 / math.sqrt(q.shape[-1])
+        delta = (do.float() * o.float()).sum(-1)
+        _, bwd_dq, bwd_dkdv = selected_kernels()
+        dq = torch.empty_like(q)
+        bwd_dq[(T, BH)](q, k, v, idx, do, lse, delta, dq, T, sm_scale * LOG2E, sm_scale, Hkv, **shapes)
+        tokens, work = selection_work(idx, -(-T // ctx.select_block))
+        dk, dv = (torch.zeros(k.shape, device=k.device, dtype=torch.float32) for _ in range(2))
+        bwd_dkdv[(work.shape[1], BH)](q, k, v, tokens, work, do, lse, delta, dk, dv, T, sm_scale * LOG2E, sm_scale,
+                                      Hkv, work.shape[1], R=max(SLC_ROWS, shapes["BG"]), **shapes)
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
+
+
+LOG2E = 1.4426950408889634
+
+
 FLA_STATUS = {}  # None (runs) or the reason it cannot, probed once per process
 
 
@@ -435,7 +631,7 @@ class NSAAttention(model.CausalSelfAttention):
             return "pytorch"
         if c.use_fla and c.fla_layout() is None and (FLA_STATUS["status"] if FLA_STATUS else fla_status()) is None:
             return "fla+flex"
-        return "flex" if c.use_flex else "pytorch"
+        return ("flex+triton" if c.use_triton else "flex") if c.use_flex else "pytorch"
 
     def forward_flops_per_token(self, T):
         c = self.config
@@ -490,7 +686,10 @@ class NSAAttention(model.CausalSelfAttention):
         cmp_mask = compressed_block_mask(T, c.cmp_block, c.cmp_stride, str(q.device))
         o_cmp = model_sparse.compiled_flex_attention(q, kc, vc, block_mask=cmp_mask, enable_gqa=gqa)
         sel = selection_for_flex(q, kc, c)
-        o_slc = selected_flex(q, k, v, sel, tile_mask_from_selection(sel, c), c.select_block)
+        if c.use_triton:
+            o_slc = SelectedAttention.apply(q, k, v, selected_indices(sel, c.select_count), c.select_block)
+        else:
+            o_slc = selected_flex(q, k, v, sel, tile_mask_from_selection(sel, c), c.select_block)
         o_win = window_attention(q, k, v, c) if c.window else torch.zeros_like(o_slc)
         return combine((o_cmp, o_slc, o_win), gates)
 

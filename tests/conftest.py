@@ -48,9 +48,9 @@ def tiny_run(shakespeare, tmp_path_factory):
     return out, metrics
 
 
-def assert_causal(model, vocab_size=11, T=16):
+def assert_causal(model, vocab_size=11, T=16, device="cpu"):
     """Changing token t changes no logit before t (bit for bit), and does change position t."""
-    idx = torch.randint(0, vocab_size, (2, T))
+    idx = torch.randint(0, vocab_size, (2, T), device=device)
     base, _ = model(idx)
     for t in (0, T // 2 - 1, T - 1):
         changed = idx.clone()

@@ -243,26 +243,121 @@ def test_trains_through_the_runner(shakespeare, tmp_path):
     assert val[-1] < val[0] - 0.9
 
 
+# -- the selected branch's Triton kernels (SelectedAttention) ---------------------------------------
+
+def test_selection_work_inverts_the_selection():
+    torch.manual_seed(0)
+    B, Hkv, T, n, n_sel = 2, 3, 50, 4, 7
+    idx = torch.randint(-1, n_sel, (B, Hkv, T, n), dtype=torch.int32)
+    idx[..., 0] = 0  # one block chosen by every token: it needs many segments
+    tokens, work = model_nsa.selection_work(idx, n_sel, segment=8)
+    for bh in range(B * Hkv):
+        pairs = []
+        for j, first, end in work[bh].tolist():
+            if j >= 0:
+                assert 0 < end - first <= 8
+                pairs += [(t, j) for t in tokens[bh, first:end].tolist()]
+        # each (token, chosen block) slot exactly once
+        assert sorted(pairs) == sorted((t, j) for t in range(T) for j in idx.view(-1, T, n)[bh, t].tolist() if j >= 0)
+
+
+SELECTED_CHECK = """
+import torch, model_nsa as M
+torch.manual_seed(0)
+M.SLC_SEGMENT = 8  # several segments per block: their dK/dV are added atomically
+for Hkv, G, T, D, size, n in ((2, 4, 100, 20, 16, 4), (1, 1, 70, 16, 32, 3)):
+    cfg = M.GPTConfig(n_embd=Hkv * G * D, n_head=Hkv * G, n_kv_head=Hkv, cmp_block=size // 2, cmp_stride=size // 4,
+                      select_block=size, select_count=n, window=0, use_triton=True)
+    q = torch.randn(2, Hkv * G, T, D).requires_grad_()
+    k, v = (torch.randn(2, Hkv, T, D).requires_grad_() for _ in range(2))
+    sel = M.selection_for_flex(q.detach(), M.compress(k.detach(), cfg), cfg)
+    o = M.SelectedAttention.apply(q, k, v, M.selected_indices(sel, n), size)
+    go = torch.randn_like(o)
+    fast = [o, *torch.autograd.grad(o, (q, k, v), go)]
+    key = torch.arange(T)
+    allowed = (sel[..., key // size] & (key[None, :] <= key[:, None])).repeat_interleave(G, dim=1)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), fast, [ref, *torch.autograd.grad(ref, (q, k, v), go)]):
+        err = ((a - b).norm() / b.norm()).item()
+        assert err < 1e-5, (name, Hkv, G, err)
+print("ok")
+"""
+
+
+def test_triton_selected_branch_equals_masked_attention_interpreted():
+    # Triton's interpreter (TRITON_INTERPRET=1, read when a kernel is defined: a fresh process) runs the
+    # GPU kernels on CPU tensors: forward and all three gradients against SDPA with the selection as a mask
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = subprocess.run([sys.executable, "-c", SELECTED_CHECK], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_triton_path_needs_a_power_of_two_block():
+    with pytest.raises(ValueError, match="power of two"):
+        GPTConfig(cmp_block=8, cmp_stride=8, select_block=24, use_triton=True)
+
+
 # -- GPU: the fast paths against the PyTorch path (run on the device machine) -------------
 
 GPU_SHAPES = [
     dict(n_head=16, n_kv_head=1, head_size=32, cmp_block=64, cmp_stride=64, select_block=64, select_count=8, window=128),
     dict(n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100),
     dict(n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100, compression="mlp"),
+    dict(n_head=16, n_kv_head=1, head_size=44, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100,
+         use_triton=True),
 ]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", GPU_SHAPES, ids=["fla+flex", "flex", "flex-mlp"])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=["fla+flex", "flex", "flex-mlp", "flex+triton"])
 def test_gpu_fast_path_equals_reference(shape):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_embd=256, pos_emb="rope", **shape)).cuda()
     for block in model.transformer.h:  # peaked compressed scores: at init they are near-uniform, and the
         block.attn.c_attn.weight.data[:-block.attn.n_kv_head * block.attn.head_dim] *= 4  # selection near-ties
     # would then be broken by rounding, differently in each path
-    assert model.kernel_paths("cuda") == ["fla+flex" if "head_size" in shape else "flex"]
+    expected = "flex+triton" if shape.get("use_triton") else "fla+flex" if "head_size" in shape else "flex"
+    assert model.kernel_paths("cuda") == [expected]
     idx = torch.randint(0, 65, (2, 1024), device="cuda")
     assert_fast_path_matches_reference(model, ("use_fla", "use_flex"), idx, model.transformer.h[0].attn.c_attn.weight)
+
+
+@pytest.mark.gpu
+def test_gpu_triton_selected_branch_at_paper_sizes():
+    # l' = 64, n = 16, 16 query heads of 44 on one K/V head, T = 2048: bf16 kernels against float32 SDPA
+    # with the selection as a mask, forward and gradients
+    torch.manual_seed(0)
+    T, G, D, size, n = 2048, 16, 44, 64, 16
+    cfg = GPTConfig(n_embd=G * D, n_head=G, n_kv_head=1, cmp_block=size, cmp_stride=size, select_block=size,
+                    select_count=n, window=0, use_triton=True)
+    q = torch.randn(2, G, T, D, device="cuda")
+    k, v = (torch.randn(2, 1, T, D, device="cuda") for _ in range(2))
+    sel = model_nsa.selection_for_flex(q, model_nsa.compress(k, cfg), cfg)
+    go = torch.randn(2, G, T, D, device="cuda")
+    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    o = model_nsa.SelectedAttention.apply(qb, kb, vb, model_nsa.selected_indices(sel, n), size)
+    fast = [o, *torch.autograd.grad(o, (qb, kb, vb), go.bfloat16())]
+    key = torch.arange(T, device="cuda")
+    allowed = (sel[..., key // size] & (key[None, :] <= key[:, None])).repeat_interleave(G, dim=1)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), fast, [ref, *torch.autograd.grad(ref, (q, k, v), go)]):
+        assert ((a.float() - b).norm() / b.norm()).item() < 2e-2, name
+
+
+@pytest.mark.gpu
+def test_gpu_triton_path_is_causal():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=256, vocab_size=11, n_layer=2, n_head=16, n_kv_head=1, n_embd=256, cmp_block=16,
+                          cmp_stride=16, select_block=16, select_count=4, window=32, use_fla=False,
+                          use_triton=True)).cuda()
+    assert model.kernel_paths("cuda") == ["flex+triton"]
+    assert_causal(model, T=256, device="cuda")
 
 
 @pytest.mark.gpu
