@@ -51,7 +51,7 @@ import torch
 out_dir = "out"
 eval_interval = 250
 log_interval = 10
-eval_iters = 200
+eval_iters = 200  # 0: each split whole, in order (exact, and cheaper when the split is small)
 eval_group = 8  # evaluation forwards this many of its batches at once: the same windows, fewer launches
 always_save_checkpoint = False  # False: save only when val loss improves
 init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
@@ -442,6 +442,21 @@ def recall_accuracy(model, data, batch_size, autocast):
 EVAL_LOGITS = 2**27  # logits of a grouped evaluation batch, at most: 0.5 GB in float32
 
 
+def ordered_batches(data, rows, block_size):
+    """A split whole, in order: consecutive windows of block_size tokens of a token stream (the tokens
+    after the last whole window are left out), or every sequence, `rows` of them a batch. The last batch
+    is padded with ignored targets (-1), so every batch has one shape."""
+    if isinstance(data, dict):
+        X, Y = data["inputs"], data["targets"]
+    else:
+        n = (len(data) - 1) // block_size
+        X, Y = data[:n * block_size].view(n, block_size), data[1:n * block_size + 1].view(n, block_size)
+    for s in range(0, len(X), rows):
+        x, y = X[s:s + rows], Y[s:s + rows]
+        pad = rows - len(x)
+        yield (torch.cat([x, x.new_zeros(pad, x.shape[1])]), torch.cat([y, y.new_full((pad, y.shape[1]), -1)])) if pad else (x, y)
+
+
 @torch.no_grad()
 def evaluate(model, data, batch_size, block_size, eval_iters, seed, autocast, before_forward=lambda: None,
              splits=("train", "val"), group=1, vocab_size=1):
@@ -450,10 +465,24 @@ def evaluate(model, data, batch_size, block_size, eval_iters, seed, autocast, be
     Up to `group` of them go through the model as one batch: the same windows and, for a token stream,
     the same mean, in fewer and larger launches. The group divides eval_iters (one shape compiles), and
     grows a batch only while its logits stay under EVAL_LOGITS elements (a vocabulary of 50k or 8k at a
-    long context already fills that)."""
+    long context already fills that). eval_iters = 0: the mean over every target of each split whole
+    (ordered_batches), exactly; with a split of 111k tokens (Shakespeare's val) a single batch."""
     split0 = data[splits[0]]
     gen = torch.Generator(device=(split0["inputs"] if isinstance(split0, dict) else split0).device).manual_seed(seed)
-    group = math.gcd(eval_iters, max(1, min(group, EVAL_LOGITS // (batch_size * block_size * vocab_size))))
+    largest = max(1, min(group, EVAL_LOGITS // (batch_size * block_size * vocab_size)))
+    if eval_iters == 0:
+        result = {}
+        for split in splits:
+            total = count = torch.zeros((), device=gen.device)
+            for X, Y in ordered_batches(data[split], batch_size * largest, block_size):
+                before_forward()
+                with autocast:
+                    _, loss = model(X, Y)
+                n = (Y >= 0).sum()
+                total, count = total + loss.float() * n, count + n
+            result[split] = (total / count).item()
+        return result
+    group = math.gcd(eval_iters, largest)
     result = {}
     for split in splits:
         total = torch.zeros((), device=gen.device)
@@ -653,8 +682,8 @@ def run(cfg, prefix="", group=None):
         raise UserError(f"{ckpt_path} already exists: continue it with --init_from=resume, or choose another --out_dir")
     for key in ("batch_size", "block_size", "max_iters", "eval_iters", "eval_interval", "log_interval",
                 "gradient_accumulation_steps"):
-        if cfg[key] < (0 if key == "max_iters" else 1):
-            raise UserError(f"{key} must be positive, got {cfg[key]}")
+        if cfg[key] < (0 if key in ("max_iters", "eval_iters") else 1):
+            raise UserError(f"{key} must be {'>= 0' if key in ('max_iters', 'eval_iters') else 'positive'}, got {cfg[key]}")
     device = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     device_type = "cuda" if device.startswith("cuda") else device
     if device_type == "cuda" and not torch.cuda.is_available():

@@ -290,3 +290,26 @@ def test_evaluation_in_groups_reads_the_same_windows_and_gives_the_same_mean():
     assert evaluate(8, vocab_size=train_runner.EVAL_LOGITS)[1] == [4] * 24  # one batch alone always goes
     for group in (4, 8):
         assert seen[group][0] == pytest.approx(one, rel=1e-6)
+
+
+def test_whole_split_evaluation_is_the_exact_mean_over_every_target():
+    torch.manual_seed(0)
+    m = model_module.GPT(model_module.GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32)).eval()
+    stream = torch.randint(0, 65, (1000,))  # 62 whole windows of 16 (7 tokens left over): batches of 4 × 8, one padded
+    shapes = []
+    real = m.forward
+    m.forward = lambda X, Y: (shapes.append(tuple(X.shape)), real(X, Y))[1]
+    got = train_runner.evaluate(m, {"val": stream}, 4, 16, 0, 7, contextlib.nullcontext(), splits=("val",), group=8)
+    del m.forward
+    assert shapes == [(32, 16), (32, 16)]  # one shape: the last batch is padded, its padding ignored
+    n = 62 * 16
+    logits, _ = m(stream[:n].view(62, 16))
+    exact = torch.nn.functional.cross_entropy(logits.reshape(n, 65), stream[1:n + 1])
+    assert got["val"] == pytest.approx(exact.item(), rel=1e-5)
+    # sequences with ignored positions (MQAR's): the mean over the targets there are, not over batches
+    X, Y = torch.randint(0, 65, (10, 16)), torch.full((10, 16), -1)
+    Y[:, 5], Y[:3, 9] = torch.randint(0, 65, (10,)), torch.randint(0, 65, (3,))
+    got = train_runner.evaluate(m, {"val": {"inputs": X, "targets": Y}}, 4, 16, 0, 7, contextlib.nullcontext(),
+                                splits=("val",), group=1)
+    exact = torch.nn.functional.cross_entropy(m(X)[0].reshape(-1, 65), Y.reshape(-1), ignore_index=-1)
+    assert got["val"] == pytest.approx(exact.item(), rel=1e-5)
