@@ -59,6 +59,12 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 import model
 import model_sparse
 
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # no Triton here (torch's CUDA builds bring it): use_triton is unavailable
+    triton = None
+
 COMPRESSIONS = ("mean", "mlp")
 QUERY_BLOCK = 128  # rows per block on the PyTorch path
 FLEX_BLOCK = model_sparse.FLEX_BLOCK
@@ -97,6 +103,8 @@ class GPTConfig(model.GPTConfig):
                              f"read), got {self.select_count}")
         if self.window < 0:
             raise ValueError(f"window must be >= 0 (0: no window branch), got {self.window}")
+        if self.use_triton and triton is None:
+            raise ValueError("use_triton needs Triton: pip install triton")
         if self.use_triton and (self.select_block < 16 or self.select_block & (self.select_block - 1)):
             raise ValueError(f"use_triton needs select_block a power of two >= 16, got {self.select_block}")
 
@@ -397,19 +405,22 @@ def selection_work(idx, n_sel, segment=None):
     return tokens, work
 
 
-@functools.cache
-def selected_kernels():
-    """The three Triton kernels, compiled on first use (TRITON_INTERPRET=1 runs them on a CPU, for tests)."""
-    import triton
-    import triton.language as tl
+if triton is not None:  # the kernels (TRITON_INTERPRET=1, read as they are defined, runs them on a CPU)
+    @triton.jit
+    def slc_block_kv(K, V, bh, t, j, T, D: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr):
+        """Block j's keys and values for the query at t (those after t zeroed), and which of them count."""
+        key, d = j * BS + tl.arange(0, BS), tl.arange(0, BD)
+        ok = key <= t
+        kv, mask = (bh * T + key[:, None]) * D + d[None, :], ok[:, None] & (d[None, :] < D)
+        return ok, tl.load(K + kv, mask=mask, other=0.0), tl.load(V + kv, mask=mask, other=0.0)
 
     @triton.jit
-    def fwd(Q, K, V, IDX, OUT, LSE, T, qk_scale, n_kv, G: tl.constexpr, D: tl.constexpr, BG: tl.constexpr,
+    def slc_fwd(Q, K, V, IDX, OUT, LSE, T, qk_scale, n_kv, G: tl.constexpr, D: tl.constexpr, BG: tl.constexpr,
             BD: tl.constexpr, BS: tl.constexpr, N: tl.constexpr):
         t, bh = tl.program_id(0), tl.program_id(1)
         hk = bh % n_kv
         rows = (bh - hk) * G + hk * G + tl.arange(0, BG)  # query heads b·H + hk·G + g
-        d, s = tl.arange(0, BD), tl.arange(0, BS)
+        d = tl.arange(0, BD)
         row_ok = tl.arange(0, BG) < G
         q = tl.load(Q + (rows[:, None] * T + t) * D + d[None, :], mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
         m = tl.full([BG], float("-inf"), tl.float32)
@@ -418,11 +429,7 @@ def selected_kernels():
         for i in range(N):
             j = tl.load(IDX + (bh * T + t) * N + i)
             if j >= 0:
-                key = j * BS + s
-                ok = key <= t
-                kv = (bh * T + key[:, None]) * D + d[None, :]
-                k = tl.load(K + kv, mask=ok[:, None] & (d[None, :] < D), other=0.0)
-                v = tl.load(V + kv, mask=ok[:, None] & (d[None, :] < D), other=0.0)
+                ok, k, v = slc_block_kv(K, V, bh, t, j, T, D, BD, BS)
                 x = tl.where(ok[None, :], tl.dot(q, tl.trans(k)) * qk_scale, float("-inf"))
                 m_new = tl.maximum(m, tl.max(x, 1))
                 p = tl.exp2(x - m_new[:, None])
@@ -435,12 +442,12 @@ def selected_kernels():
         tl.store(LSE + rows * T + t, m + tl.log2(den), mask=row_ok)
 
     @triton.jit
-    def bwd_dq(Q, K, V, IDX, DO, LSE, DELTA, DQ, T, qk_scale, sm_scale, n_kv, G: tl.constexpr, D: tl.constexpr,
+    def slc_bwd_dq(Q, K, V, IDX, DO, LSE, DELTA, DQ, T, qk_scale, sm_scale, n_kv, G: tl.constexpr, D: tl.constexpr,
                BG: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr, N: tl.constexpr):
         t, bh = tl.program_id(0), tl.program_id(1)
         hk = bh % n_kv
         rows = (bh - hk) * G + hk * G + tl.arange(0, BG)
-        d, s = tl.arange(0, BD), tl.arange(0, BS)
+        d = tl.arange(0, BD)
         row_ok = tl.arange(0, BG) < G
         at = (rows[:, None] * T + t) * D + d[None, :]
         q_ok = row_ok[:, None] & (d[None, :] < D)
@@ -452,18 +459,14 @@ def selected_kernels():
         for i in range(N):
             j = tl.load(IDX + (bh * T + t) * N + i)
             if j >= 0:
-                key = j * BS + s
-                ok = key <= t
-                kv = (bh * T + key[:, None]) * D + d[None, :]
-                k = tl.load(K + kv, mask=ok[:, None] & (d[None, :] < D), other=0.0)
-                v = tl.load(V + kv, mask=ok[:, None] & (d[None, :] < D), other=0.0)
+                ok, k, v = slc_block_kv(K, V, bh, t, j, T, D, BD, BS)
                 p = tl.where(ok[None, :], tl.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None]), 0.0)
                 ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
                 dq += tl.dot(ds.to(k.dtype), k)
         tl.store(DQ + at, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_ok)
 
     @triton.jit
-    def bwd_dkdv(Q, K, V, TOKENS, WORK, DO, LSE, DELTA, DK, DV, T, qk_scale, sm_scale, n_kv, W,
+    def slc_bwd_dkdv(Q, K, V, TOKENS, WORK, DO, LSE, DELTA, DK, DV, T, qk_scale, sm_scale, n_kv, W,
                  G: tl.constexpr, D: tl.constexpr, BG: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr,
                  N: tl.constexpr, R: tl.constexpr):
         w, bh = tl.program_id(0), tl.program_id(1)
@@ -498,11 +501,8 @@ def selected_kernels():
             tl.atomic_add(DK + kv, dk * sm_scale, mask=kv_ok)
             tl.atomic_add(DV + kv, dv, mask=kv_ok)
 
-    return fwd, bwd_dq, bwd_dkdv
-
 
 def _slc_shapes(q, k, select_block, n):
-    import triton
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     G = H // Hkv
@@ -521,7 +521,7 @@ class SelectedAttention(torch.autograd.Function):
         o = torch.empty_like(q)
         lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)  # log2 of the softmax's sum
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
-        selected_kernels()[0][(T, BH)](q, k, v, idx, o, lse, T, sm_scale * LOG2E, Hkv, **shapes)
+        slc_fwd[(T, BH)](q, k, v, idx, o, lse, T, sm_scale * LOG2E, Hkv, **shapes)
         ctx.save_for_backward(q, k, v, idx, o, lse)
         ctx.select_block = select_block
         return o
@@ -533,12 +533,11 @@ class SelectedAttention(torch.autograd.Function):
         shapes, (BH, T, Hkv) = _slc_shapes(q, k, ctx.select_block, idx.shape[-1])
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
         delta = (do.float() * o.float()).sum(-1)
-        _, bwd_dq, bwd_dkdv = selected_kernels()
         dq = torch.empty_like(q)
-        bwd_dq[(T, BH)](q, k, v, idx, do, lse, delta, dq, T, sm_scale * LOG2E, sm_scale, Hkv, **shapes)
+        slc_bwd_dq[(T, BH)](q, k, v, idx, do, lse, delta, dq, T, sm_scale * LOG2E, sm_scale, Hkv, **shapes)
         tokens, work = selection_work(idx, -(-T // ctx.select_block))
         dk, dv = (torch.zeros(k.shape, device=k.device, dtype=torch.float32) for _ in range(2))
-        bwd_dkdv[(work.shape[1], BH)](q, k, v, tokens, work, do, lse, delta, dk, dv, T, sm_scale * LOG2E, sm_scale,
+        slc_bwd_dkdv[(work.shape[1], BH)](q, k, v, tokens, work, do, lse, delta, dk, dv, T, sm_scale * LOG2E, sm_scale,
                                       Hkv, work.shape[1], R=max(SLC_ROWS, shapes["BG"]), **shapes)
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
 
