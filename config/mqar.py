@@ -20,4 +20,7 @@ else:
     block_size, batch_size, n_embd, mqar_widths = 1024, 256, 128, "64,128,256"
     learning_rate, min_lr, max_iters, lr_decay_iters = 3e-3, 3e-4, 4000, 4000
     learning_rates = "1e-3,3.2e-3,1e-2"  # log-spaced within Zoology's 1e-3 ... 10^-1.5
+    # 2-layer models up to 256 wide leave an H100 idle between launches: three runs share it
+    # (results/h100/sharing: 2x the throughput for a launch-bound model)
+    runs_per_gpu = 3
     sweep_dir = "results/mqar"
