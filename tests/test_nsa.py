@@ -280,13 +280,25 @@ for Hkv, G, T, D, size, n in ((2, 4, 100, 20, 16, 4), (1, 1, 70, 16, 32, 3)):
     for name, a, b in zip(("o", "dq", "dk", "dv"), fast, [ref, *torch.autograd.grad(ref, (q, k, v), go)]):
         err = ((a - b).norm() / b.norm()).item()
         assert err < 1e-5, (name, Hkv, G, err)
+# the layer's flex+triton path (FlexAttention's CPU forward for the other two branches) against the reference
+cfg = M.GPTConfig(block_size=256, vocab_size=11, n_layer=1, n_head=8, n_kv_head=2, n_embd=128, cmp_block=16,
+                  cmp_stride=16, select_block=16, select_count=4, window=32, use_fla=False, use_triton=True)
+attn = M.GPT(cfg).transformer.h[0].attn
+x, pos = torch.randn(2, 256, 128), torch.arange(256)
+with torch.no_grad():
+    q, k, v = attn.qkv(x, pos)
+    gates = torch.sigmoid(attn.g_proj(x)).view(2, 256, 8, 3).transpose(1, 2)
+    kc, vc = attn.compressed(k, v)
+    fast, ref = attn._flex(q, k, v, kc, vc, gates), M.nsa_reference(q, k, v, kc, vc, gates, cfg)
+assert ((fast - ref).norm() / ref.norm()).item() < 1e-5
 print("ok")
 """
 
 
 def test_triton_selected_branch_equals_masked_attention_interpreted():
     # Triton's interpreter (TRITON_INTERPRET=1, read when a kernel is defined: a fresh process) runs the
-    # GPU kernels on CPU tensors: forward and all three gradients against SDPA with the selection as a mask
+    # GPU kernels on CPU tensors: forward and all three gradients against SDPA with the selection as a
+    # mask, then the whole flex+triton layer's forward against the reference
     pytest.importorskip("triton")
     import os
     import subprocess
