@@ -353,16 +353,25 @@ def _selected_flex(q, k, v, sel, tiles, select_block):
 selected_flex = torch.compile(_selected_flex, dynamic=False)
 
 
+def selection_rows(q, kc, pos, n_sel, config):
+    """select_blocks of the queries q at positions pos: scores, masked softmax, group sum, importance, top-n."""
+    return select_blocks(cmp_probs(q, kc, pos, config), pos, n_sel, config)
+
+
+# compiled, the float32 softmax and the group's sum are fused into the scores' one pass instead of some
+# five passes over [B, H, rows, Tc] (at T = 65,536, l = d = 64: 64 blocks of 64 MB each)
+compiled_selection_rows = torch.compile(selection_rows, dynamic=False)
+
+
 @torch.no_grad()
-def selection_for_flex(q, kc, config):
-    """[B, Hkv, T, Ts] the selected blocks of every query, scored in row blocks (no T×Tc in memory at once)."""
+def selection_for_flex(q, kc, config, compiled=None):
+    """[B, Hkv, T, Ts] the selected blocks of every query, scored in row blocks (no T×Tc in memory at once);
+    compiled (default: on CUDA) through compiled_selection_rows."""
     T = q.shape[2]
     pos = torch.arange(T, device=q.device)
-    out = []
-    for s in range(0, T, SELECT_ROWS):
-        e = min(s + SELECT_ROWS, T)
-        p = cmp_probs(q[:, :, s:e], kc, pos[s:e], config)
-        out.append(select_blocks(p, pos[s:e], config.n_select_blocks(T), config))
+    rows = compiled_selection_rows if (q.is_cuda if compiled is None else compiled) else selection_rows
+    out = [rows(q[:, :, s:s + SELECT_ROWS], kc, pos[s:s + SELECT_ROWS], config.n_select_blocks(T), config)
+           for s in range(0, T, SELECT_ROWS)]
     return torch.cat(out, dim=2)
 
 

@@ -243,6 +243,17 @@ def test_trains_through_the_runner(shakespeare, tmp_path):
     assert val[-1] < val[0] - 0.9
 
 
+def test_compiled_selection_equals_eager():
+    # the flex paths score the selection through torch.compile on CUDA; the same compiled function on a CPU
+    torch.manual_seed(0)
+    cfg = GPTConfig(n_embd=8 * 16, n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=32, select_count=4)
+    q = torch.randn(1, 8, 2048, 16) * 3
+    kc = model_nsa.compress(torch.randn(1, 2, 2048, 16), cfg)
+    eager = model_nsa.selection_for_flex(q, kc, cfg, compiled=False)
+    assert torch.equal(model_nsa.selection_for_flex(q, kc, cfg, compiled=True), eager)
+    assert eager.sum(-1).max() == 4 and eager[0, 0, 40, 0] and not eager[0, 0, 40, 2:].any()  # n blocks, causal
+
+
 # -- the selected branch's Triton kernels (SelectedAttention) ---------------------------------------
 
 def test_selection_work_inverts_the_selection():
