@@ -212,9 +212,10 @@ def cmp_probs(q, kc, t, config):
     return masked_softmax(scores * (1.0 / math.sqrt(q.shape[-1])), cmp_visible(t, kc.shape[2], config))
 
 
-def select_blocks(p_cmp, t, n_sel, config, tables=None):
+def chosen_blocks(p_cmp, t, n_sel, config, tables=None):
     """The blocks each query group reads. p_cmp [B, H, Q, Tc] compressed probabilities at positions t [Q]
-    -> [B, Hkv, Q, Ts] bool (Ts = n_sel). Forced blocks score +inf, blocks after the query's -inf."""
+    -> [B, Hkv, Q, min(n, Ts)] block ids (Ts = n_sel), -1 in a slot left empty. Forced blocks score +inf,
+    blocks after the query's -inf."""
     B, H, Q, Tc = p_cmp.shape
     G = config.head_group
     importance = block_importance(p_cmp.view(B, H // G, G, Q, Tc).sum(2), n_sel, config, tables)
@@ -223,7 +224,18 @@ def select_blocks(p_cmp, t, n_sel, config, tables=None):
     forced = (j == 0) | (j == current) | (j == current - 1)
     score = torch.where(forced, float("inf"), importance.masked_fill(j > current, float("-inf")))
     top = score.topk(min(config.select_count, n_sel), dim=-1)
-    return torch.zeros_like(score, dtype=torch.bool).scatter_(-1, top.indices, top.values > float("-inf"))
+    return top.indices.masked_fill(top.values == float("-inf"), -1)
+
+
+def blocks_as_mask(ids, n_sel):
+    """[..., n] block ids (-1: none) -> [..., n_sel] bool, True at the chosen blocks."""
+    spare = torch.where(ids < 0, n_sel, ids)  # an empty slot marks a column past the last, dropped
+    return torch.zeros(*ids.shape[:-1], n_sel + 1, dtype=torch.bool, device=ids.device).scatter_(-1, spare, True)[..., :n_sel]
+
+
+def select_blocks(p_cmp, t, n_sel, config, tables=None):
+    """chosen_blocks as a mask: [B, Hkv, Q, Ts] bool."""
+    return blocks_as_mask(chosen_blocks(p_cmp, t, n_sel, config, tables), n_sel)
 
 
 def nsa_branches(q, k, v, kc, vc, t, config, want_maps=False):
@@ -263,7 +275,7 @@ def nsa_step(q, k, v, kc, vc, pos, config, tables=None):
     gathering just the keys each branch reads: O(n·l' + window + L/d) per step instead of O(L)."""
     B, H, _, D = q.shape
     Hkv, L = k.shape[1], k.shape[2]
-    size, n, w = config.select_block, config.select_count, config.window
+    size, w = config.select_block, config.window
     p_cmp = cmp_probs(q, kc, pos, config)
     o_cmp = p_cmp.to(v.dtype) @ model_sparse.repeat_kv(vc, H)
 
@@ -272,10 +284,9 @@ def nsa_step(q, k, v, kc, vc, pos, config, tables=None):
         mask = ok.repeat_interleave(H // Hkv, dim=1)[:, :, None]
         return F.scaled_dot_product_attention(q, k.gather(2, idx), v.gather(2, idx), attn_mask=mask, enable_gqa=H != Hkv)
 
-    sel = select_blocks(p_cmp, pos, config.n_select_blocks(L), config, tables)  # [B, Hkv, 1, Ts]
-    top = sel[:, :, 0].to(torch.int8).topk(min(n, sel.shape[-1]), dim=-1)  # the chosen blocks first
-    keys = (top.indices[..., None] * size + torch.arange(size, device=q.device)).flatten(-2)
-    o_slc = attend(keys, (top.values[..., None] > 0).expand(-1, -1, -1, size).flatten(-2) & (keys <= pos))
+    ids = chosen_blocks(p_cmp, pos, config.n_select_blocks(L), config, tables)[:, :, 0]  # [B, Hkv, n]
+    keys = (ids[..., None] * size + torch.arange(size, device=q.device)).flatten(-2)
+    o_slc = attend(keys, (ids[..., None] >= 0).expand(-1, -1, -1, size).flatten(-2) & (keys <= pos))
     if w == 0:
         return o_cmp, o_slc, torch.zeros_like(o_slc)
     recent = (pos - w + 1 + torch.arange(w, device=q.device)).expand(B, Hkv, w)
@@ -354,8 +365,8 @@ selected_flex = torch.compile(_selected_flex, dynamic=False)
 
 
 def selection_rows(q, kc, pos, n_sel, config):
-    """select_blocks of the queries q at positions pos: scores, masked softmax, group sum, importance, top-n."""
-    return select_blocks(cmp_probs(q, kc, pos, config), pos, n_sel, config)
+    """chosen_blocks of the queries q at positions pos: scores, masked softmax, group sum, importance, top-n."""
+    return chosen_blocks(cmp_probs(q, kc, pos, config), pos, n_sel, config)
 
 
 # compiled, the float32 softmax and the group's sum are fused into the scores' one pass instead of some
@@ -365,8 +376,8 @@ compiled_selection_rows = torch.compile(selection_rows, dynamic=False)
 
 @torch.no_grad()
 def selection_for_flex(q, kc, config, compiled=None):
-    """[B, Hkv, T, Ts] the selected blocks of every query, scored in row blocks (no T×Tc in memory at once);
-    compiled (default: on CUDA) through compiled_selection_rows."""
+    """[B, Hkv, T, n] the block ids every query reads (chosen_blocks), scored in row blocks (no T×Tc in
+    memory at once); compiled (default: on CUDA) through compiled_selection_rows."""
     T = q.shape[2]
     pos = torch.arange(T, device=q.device)
     rows = compiled_selection_rows if (q.is_cuda if compiled is None else compiled) else selection_rows
@@ -382,12 +393,6 @@ def selection_for_flex(q, kc, config, compiled=None):
 # many programs; segments of one block add their partial dK/dV atomically. No T×T anything.
 SLC_SEGMENT = 256  # tokens per dK/dV program
 SLC_ROWS = 128  # query rows (tokens × heads of the group) per step of a dK/dV program
-
-
-def selected_indices(sel, n):
-    """[B, Hkv, T, Ts] bool -> [B, Hkv, T, n] int32 block ids, -1 where fewer than n are chosen."""
-    top = sel.to(torch.int8).topk(min(n, sel.shape[-1]), dim=-1)
-    return top.indices.masked_fill(top.values == 0, -1).to(torch.int32)
 
 
 def selection_work(idx, n_sel, segment=None):
@@ -525,7 +530,7 @@ class SelectedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, idx, select_block):
-        q, k, v, idx = (t.contiguous() for t in (q, k, v, idx))
+        q, k, v, idx = (t.contiguous() for t in (q, k, v, idx.to(torch.int32)))
         shapes, (BH, T, Hkv) = _slc_shapes(q, k, select_block, idx.shape[-1])
         o = torch.empty_like(q)
         lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)  # log2 of the softmax's sum
@@ -693,10 +698,11 @@ class NSAAttention(model.CausalSelfAttention):
         gqa = self.n_kv_head != self.n_head
         cmp_mask = compressed_block_mask(T, c.cmp_block, c.cmp_stride, str(q.device))
         o_cmp = model_sparse.compiled_flex_attention(q, kc, vc, block_mask=cmp_mask, enable_gqa=gqa)
-        sel = selection_for_flex(q, kc, c)
+        ids = selection_for_flex(q, kc, c)
         if c.use_triton:
-            o_slc = SelectedAttention.apply(q, k, v, selected_indices(sel, c.select_count), c.select_block)
+            o_slc = SelectedAttention.apply(q, k, v, ids, c.select_block)
         else:
+            sel = blocks_as_mask(ids, c.n_select_blocks(T))
             o_slc = selected_flex(q, k, v, sel, tile_mask_from_selection(sel, c), c.select_block)
         o_win = window_attention(q, k, v, c) if c.window else torch.zeros_like(o_slc)
         return combine((o_cmp, o_slc, o_win), gates)

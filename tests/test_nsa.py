@@ -196,7 +196,7 @@ def test_flex_masks_equal_reference_on_cpu():
     ref = model_nsa.nsa_branches(q, k, v, kc, vc, torch.arange(T), cfg)
     mask = model_nsa.compressed_block_mask(T, cfg.cmp_block, cfg.cmp_stride, "cpu")
     o_cmp = flex_attention(q, kc, vc, block_mask=mask, enable_gqa=True)
-    sel = model_nsa.selection_for_flex(q, kc, cfg)
+    sel = model_nsa.blocks_as_mask(model_nsa.selection_for_flex(q, kc, cfg), cfg.n_select_blocks(T))
     tiles = model_nsa.tile_mask_from_selection(sel, cfg)
     assert tiles.sum() < tiles.numel()  # some tiles are skipped
     o_slc = model_nsa._selected_flex(q, k, v, sel, tiles, cfg.select_block)
@@ -251,7 +251,8 @@ def test_compiled_selection_equals_eager():
     kc = model_nsa.compress(torch.randn(1, 2, 2048, 16), cfg)
     eager = model_nsa.selection_for_flex(q, kc, cfg, compiled=False)
     assert torch.equal(model_nsa.selection_for_flex(q, kc, cfg, compiled=True), eager)
-    assert eager.sum(-1).max() == 4 and eager[0, 0, 40, 0] and not eager[0, 0, 40, 2:].any()  # n blocks, causal
+    mask = model_nsa.blocks_as_mask(eager, cfg.n_select_blocks(2048))
+    assert mask.sum(-1).max() == 4 and mask[0, 0, 40, 0] and not mask[0, 0, 40, 2:].any()  # n blocks, causal
 
 
 # -- the selected branch's Triton kernels (SelectedAttention) ---------------------------------------
@@ -281,8 +282,9 @@ for Hkv, G, T, D, size, n in ((2, 4, 100, 20, 16, 4), (1, 1, 70, 16, 32, 3)):
                       select_block=size, select_count=n, window=0, use_triton=True)
     q = torch.randn(2, Hkv * G, T, D).requires_grad_()
     k, v = (torch.randn(2, Hkv, T, D).requires_grad_() for _ in range(2))
-    sel = M.selection_for_flex(q.detach(), M.compress(k.detach(), cfg), cfg)
-    o = M.SelectedAttention.apply(q, k, v, M.selected_indices(sel, n), size)
+    ids = M.selection_for_flex(q.detach(), M.compress(k.detach(), cfg), cfg)
+    sel = M.blocks_as_mask(ids, cfg.n_select_blocks(T))
+    o = M.SelectedAttention.apply(q, k, v, ids, size)
     go = torch.randn_like(o)
     fast = [o, *torch.autograd.grad(o, (q, k, v), go)]
     key = torch.arange(T)
@@ -360,10 +362,11 @@ def test_gpu_triton_selected_branch_at_paper_sizes():
                     select_count=n, window=0, use_triton=True)
     q = torch.randn(2, G, T, D, device="cuda")
     k, v = (torch.randn(2, 1, T, D, device="cuda") for _ in range(2))
-    sel = model_nsa.selection_for_flex(q, model_nsa.compress(k, cfg), cfg)
+    ids = model_nsa.selection_for_flex(q, model_nsa.compress(k, cfg), cfg)
+    sel = model_nsa.blocks_as_mask(ids, cfg.n_select_blocks(T))
     go = torch.randn(2, G, T, D, device="cuda")
     qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
-    o = model_nsa.SelectedAttention.apply(qb, kb, vb, model_nsa.selected_indices(sel, n), size)
+    o = model_nsa.SelectedAttention.apply(qb, kb, vb, ids, size)
     fast = [o, *torch.autograd.grad(o, (qb, kb, vb), go.bfloat16())]
     key = torch.arange(T, device="cuda")
     allowed = (sel[..., key // size] & (key[None, :] <= key[:, None])).repeat_interleave(G, dim=1)
@@ -400,8 +403,7 @@ def test_gpu_fla_kernels_compute_the_reference_branches(D, size, n):
     qq, kk, vv = (t.transpose(1, 2) for t in (q, k, v))
     kc, vc = model_nsa.compress(kk, cfg), model_nsa.compress(vv, cfg)
     o_cmp, o_slc, _ = model_nsa.nsa_branches(qq, kk, vv, kc, vc, torch.arange(T, device="cuda"), cfg)
-    chosen = model_nsa.selection_for_flex(qq, kc, cfg).to(torch.int8).topk(n, dim=-1)  # [1, 1, T, n]
-    indices = chosen.indices.masked_fill(chosen.values == 0, -1).permute(0, 2, 1, 3).contiguous()
+    indices = model_nsa.selection_for_flex(qq, kc, cfg).permute(0, 2, 1, 3).contiguous()  # [1, T, 1, n], -1: none
     fla_cmp = parallel_nsa(q, k, v, g_cmp=ones, g_slc=zeros, block_counts=n, block_size=size)
     fla_slc = parallel_nsa(q, k, v, g_slc=ones, block_indices=indices, block_counts=n, block_size=size)
     for name, a, b in (("compressed", fla_cmp, o_cmp), ("selected", fla_slc, o_slc)):
