@@ -2,19 +2,32 @@
 # Regularisation for the delta family in the baby GPT, several 3000-iteration runs sharing one H100
 # (one device call, at most SECONDS; each run's metrics.json is rewritten at every evaluation, so a run
 # the limit stops still reports its best so far):
-#   bash results/h100/delta/tune.sh DIR [SECONDS]
+#   bash results/h100/delta/tune.sh DIR [SECONDS [ROUND]]
+# Round 1: dropout 0.3/0.4 at 3000 iterations (every run overfit after iter 750, and five runs sharing
+# the GPU stopped at 2500-2750 within 500 s). Round 2: schedules that end by 1500 iterations, stronger
+# weight decay, lower rates, no short convolution.
 # Their ms/iter are of a shared GPU: speed is measured alone (results/h100/checks.sh).
 set -uo pipefail
-dir=${1:-/tmp/tune} limit=${2:-540}
+dir=${1:-/tmp/tune} limit=${2:-540} round=${3:-1}
 mkdir -p "$dir"
 run() { local name=$1 cfg=$2; shift 2
   timeout "$limit" python train_runner.py "config/train_shakespeare_char_$cfg.py" --eval_iters=0 \
     --wandb_log=False --out_dir="$dir/$name" "$@" > "$dir/$name.log" 2>&1 & }
-run deltanet_d3_lr1e-3 delta --dropout=0.3 --learning_rate=1e-3
-run deltanet_d4_lr1e-3 delta --dropout=0.4 --learning_rate=1e-3
-run deltanet_d4_lr2e-3 delta --dropout=0.4 --learning_rate=2e-3
-run gated_d4_lr1e-3 gated_delta --dropout=0.4 --learning_rate=1e-3
-run gated_d3_lr5e-4 gated_delta --dropout=0.3 --learning_rate=5e-4
+if [ "$round" = 1 ]; then
+  run deltanet_d3_lr1e-3 delta --dropout=0.3 --learning_rate=1e-3
+  run deltanet_d4_lr1e-3 delta --dropout=0.4 --learning_rate=1e-3
+  run deltanet_d4_lr2e-3 delta --dropout=0.4 --learning_rate=2e-3
+  run gated_d4_lr1e-3 gated_delta --dropout=0.4 --learning_rate=1e-3
+  run gated_d3_lr5e-4 gated_delta --dropout=0.3 --learning_rate=5e-4
+else
+  short="--max_iters=1500 --lr_decay_iters=1500 --eval_interval=100 --dropout=0.3"
+  run gated_lr5e-4_wd1 gated_delta $short --learning_rate=5e-4 --weight_decay=1.0
+  run gated_lr2.5e-4 gated_delta $short --learning_rate=2.5e-4
+  run gated_lr5e-4_noconv gated_delta $short --learning_rate=5e-4 --use_short_conv=False
+  run deltanet_lr1e-3_wd1 delta $short --learning_rate=1e-3 --weight_decay=1.0
+  run deltanet_lr5e-4_wd05 delta $short --learning_rate=5e-4 --weight_decay=0.5
+  run product_lr2.5e-4 delta_product $short --learning_rate=2.5e-4
+fi
 wait
 for m in "$dir"/*/metrics.json; do
   python -c "import json, sys; m = json.load(open(sys.argv[1])); print(sys.argv[1].split('/')[-2], m['status'], m['iters'], \
