@@ -5,7 +5,9 @@
 #   bash results/h100/delta/tune.sh DIR [SECONDS [ROUND]]
 # Round 1: dropout 0.3/0.4 at 3000 iterations (every run overfit after iter 750, and five runs sharing
 # the GPU stopped at 2500-2750 within 500 s). Round 2: schedules that end by 1500 iterations, stronger
-# weight decay, lower rates, no short convolution.
+# weight decay, lower rates, no short convolution. Round 3: round 2's best (Gated DeltaNet without the
+# short convolution) timed alone for 300 iterations, then again with another seed and the other variants
+# without the convolution.
 # Their ms/iter are of a shared GPU: speed is measured alone (results/h100/checks.sh).
 set -uo pipefail
 dir=${1:-/tmp/tune} limit=${2:-540} round=${3:-1}
@@ -19,7 +21,7 @@ if [ "$round" = 1 ]; then
   run deltanet_d4_lr2e-3 delta --dropout=0.4 --learning_rate=2e-3
   run gated_d4_lr1e-3 gated_delta --dropout=0.4 --learning_rate=1e-3
   run gated_d3_lr5e-4 gated_delta --dropout=0.3 --learning_rate=5e-4
-else
+elif [ "$round" = 2 ]; then
   short="--max_iters=1500 --lr_decay_iters=1500 --eval_interval=100 --dropout=0.3"
   run gated_lr5e-4_wd1 gated_delta $short --learning_rate=5e-4 --weight_decay=1.0
   run gated_lr2.5e-4 gated_delta $short --learning_rate=2.5e-4
@@ -27,6 +29,17 @@ else
   run deltanet_lr1e-3_wd1 delta $short --learning_rate=1e-3 --weight_decay=1.0
   run deltanet_lr5e-4_wd05 delta $short --learning_rate=5e-4 --weight_decay=0.5
   run product_lr2.5e-4 delta_product $short --learning_rate=2.5e-4
+else
+  short="--max_iters=1500 --lr_decay_iters=1500 --eval_interval=100 --dropout=0.3 --use_short_conv=False"
+  for cfg in gated_delta delta; do  # alone, one after the other: their ms/iter are the speed
+    timeout 150 python train_runner.py "config/train_shakespeare_char_$cfg.py" $short --max_iters=300 --eval_iters=5 \
+      --eval_interval=300 --wandb_log=False --out_dir="$dir/speed_${cfg}_noconv" > "$dir/speed_${cfg}_noconv.log" 2>&1
+  done
+  limit=$((limit - 300))
+  run gated_lr5e-4_noconv_s1338 gated_delta $short --learning_rate=5e-4 --seed=1338
+  run deltanet_lr5e-4_noconv delta $short --learning_rate=5e-4
+  run deltanet_lr1e-3_noconv delta $short --learning_rate=1e-3
+  run product_lr5e-4_noconv delta_product $short --learning_rate=5e-4
 fi
 wait
 for m in "$dir"/*/metrics.json; do
