@@ -423,15 +423,16 @@ def get_batch(data, batch_size, block_size, generator):
 
 
 @torch.no_grad()
-def recall_accuracy(model, data, batch_size, autocast):
+def recall_accuracy(model, data, batch_size, autocast, vocab_size=1):
     """Accuracy at the positions with a target (MQAR's queries), per (seq_len, kv_pairs) slice and overall."""
     hits, counts = {}, {}
-    for s in range(0, len(data["inputs"]), batch_size):
-        X, Y = data["inputs"][s:s + batch_size], data["targets"][s:s + batch_size]
+    rows = slice_rows(batch_size, data["inputs"].shape[1], vocab_size)
+    for s in range(0, len(data["inputs"]), rows):
+        X, Y = data["inputs"][s:s + rows], data["targets"][s:s + rows]
         with autocast:
             logits, _ = model(X)
         right = ((logits.argmax(-1) == Y) & (Y >= 0)).sum(1)
-        for L, kv, r, n in zip(data["seq_len"][s:s + batch_size].tolist(), data["kv_pairs"][s:s + batch_size].tolist(),
+        for L, kv, r, n in zip(data["seq_len"][s:s + rows].tolist(), data["kv_pairs"][s:s + rows].tolist(),
                                right.tolist(), (Y >= 0).sum(1).tolist()):
             hits[(L, kv)] = hits.get((L, kv), 0) + r
             counts[(L, kv)] = counts.get((L, kv), 0) + n
@@ -439,7 +440,29 @@ def recall_accuracy(model, data, batch_size, autocast):
     return dict(acc, all=sum(hits.values()) / max(1, sum(counts.values())))
 
 
-EVAL_LOGITS = 2**27  # logits of a grouped evaluation batch, at most: 0.5 GB in float32
+EVAL_LOGITS = 2**27  # logits of one evaluation forward, at most: 0.5 GB in float32
+
+
+def slice_rows(batch_size, block_size, vocab_size):
+    """Rows per evaluation forward: the largest divisor of batch_size (one shape compiles) whose logits stay
+    under EVAL_LOGITS. MQAR's batch of 256 x 1024 over 8,192 tokens would otherwise make 8 GiB of float32
+    logits per evaluation, and three runs sharing a GPU ran out of memory on it (results/h100/mqar)."""
+    rows = max(1, min(batch_size, EVAL_LOGITS // (block_size * vocab_size)))
+    while batch_size % rows:
+        rows -= 1
+    return rows
+
+
+def summed_loss(model, X, Y, autocast, before_forward, rows):
+    """The summed loss over the targets of a batch, and their count, `rows` rows a forward."""
+    total = count = torch.zeros((), device=X.device)
+    for s in range(0, len(X), rows):
+        before_forward()
+        with autocast:
+            _, loss = model(X[s:s + rows], Y[s:s + rows])
+        n = (Y[s:s + rows] >= 0).sum()  # 0 in a padded slice, whose loss is NaN (no sync to ask)
+        total, count = total + torch.where(n > 0, loss.float() * n, 0.0), count + n
+    return total, count
 
 
 def ordered_batches(data, rows, block_size):
@@ -464,22 +487,20 @@ def evaluate(model, data, batch_size, block_size, eval_iters, seed, autocast, be
     batches are the same every time (and the same as training's evaluations with seed = its seed + 1).
     Up to `group` of them go through the model as one batch: the same windows and, for a token stream,
     the same mean, in fewer and larger launches. The group divides eval_iters (one shape compiles), and
-    grows a batch only while its logits stay under EVAL_LOGITS elements (a vocabulary of 50k or 8k at a
-    long context already fills that). eval_iters = 0: the mean over every target of each split whole
-    (ordered_batches), exactly; with a split of 111k tokens (Shakespeare's val) a single batch."""
+    grows a batch only while its logits stay under EVAL_LOGITS elements; a batch whose logits alone are
+    over it goes in slices of rows (slice_rows). eval_iters = 0: the mean over every target of each
+    split whole (ordered_batches), exactly; with a split of 111k tokens (Shakespeare's val) a single batch."""
     split0 = data[splits[0]]
     gen = torch.Generator(device=(split0["inputs"] if isinstance(split0, dict) else split0).device).manual_seed(seed)
     largest = max(1, min(group, EVAL_LOGITS // (batch_size * block_size * vocab_size)))
+    rows = slice_rows(batch_size, block_size, vocab_size)
     if eval_iters == 0:
         result = {}
         for split in splits:
             total = count = torch.zeros((), device=gen.device)
             for X, Y in ordered_batches(data[split], batch_size * largest, block_size):
-                before_forward()
-                with autocast:
-                    _, loss = model(X, Y)
-                n = (Y >= 0).sum()
-                total, count = total + loss.float() * n, count + n
+                t, n = summed_loss(model, X, Y, autocast, before_forward, rows * largest)
+                total, count = total + t, count + n
             result[split] = (total / count).item()
         return result
     group = math.gcd(eval_iters, largest)
@@ -488,10 +509,8 @@ def evaluate(model, data, batch_size, block_size, eval_iters, seed, autocast, be
         total = torch.zeros((), device=gen.device)
         for _ in range(eval_iters // group):
             X, Y = map(torch.cat, zip(*(get_batch(data[split], batch_size, block_size, gen) for _ in range(group))))
-            before_forward()
-            with autocast:
-                _, loss = model(X, Y)
-            total += loss.float()
+            t, n = summed_loss(model, X, Y, autocast, before_forward, rows * group)
+            total += t / n
         result[split] = (total / (eval_iters // group)).item()
     return result
 
@@ -830,7 +849,7 @@ def run(cfg, prefix="", group=None):
             recall = ""
             if isinstance(data["val"], dict):  # whole sequences with targets at some positions (MQAR): accuracy there
                 model.eval()
-                accuracy = recall_accuracy(raw_model, data["val"], cfg["batch_size"], autocast)
+                accuracy = recall_accuracy(raw_model, data["val"], cfg["batch_size"], autocast, vocab_size)
                 model.train()
                 curves.setdefault("val_accuracy", []).append([iter_num, accuracy["all"]])
                 recall = f", val accuracy {accuracy['all']:.3f}"

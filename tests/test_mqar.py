@@ -62,8 +62,9 @@ def test_sequence_batches_and_accuracy(mqar_data):
         def forward(self, idx):
             hit = (data["val"]["inputs"][None, :, :] == idx[:, None, :]).all(-1).float().argmax(1)  # [B] rows
             return torch.nn.functional.one_hot(data["val"]["targets"][hit].clamp_min(0), 32).float(), None
-    acc = train_runner.recall_accuracy(Oracle(), data["val"], 16, torch.autocast("cpu", enabled=False))
-    assert acc == {"16x2": 1.0, "24x4": 1.0, "all": 1.0}
+    for vocab_size in (32, train_runner.EVAL_LOGITS // (24 * 3)):  # batches of 16, then slices of 2 rows
+        acc = train_runner.recall_accuracy(Oracle(), data["val"], 16, torch.autocast("cpu", enabled=False), vocab_size)
+        assert acc == {"16x2": 1.0, "24x4": 1.0, "all": 1.0}
     with pytest.raises(train_runner.UserError, match="raise --block_size to at least that"):
         train_runner.load_tokens("mqar", 16, "cpu")
 
