@@ -19,7 +19,9 @@ if device == "cpu":  # noqa: F821 (train_runner settles `device` before reading 
 else:
     block_size, batch_size, n_embd, mqar_widths = 1024, 256, 128, "64,128,256"
     learning_rate, min_lr, max_iters, lr_decay_iters = 3e-3, 3e-4, 4000, 4000
-    learning_rates = "1e-3,3.2e-3,1e-2"  # log-spaced within Zoology's 1e-3 ... 10^-1.5
+    # log-spaced as Zoology's 1e-3 ... 10^-1.5, one step lower too: softmax at width 128 learned at none of
+    # 1e-3 ... 1e-2 in 4000 iterations (results/h100/mqar), and Zoology's own width-128 runs go down to 1e-4
+    learning_rates = "3.2e-4,1e-3,3.2e-3,1e-2"
     # 2-layer models up to 256 wide leave an H100 idle between launches: three runs share it
     # (results/h100/sharing: 2x the throughput for a launch-bound model)
     runs_per_gpu = 3
