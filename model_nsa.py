@@ -393,6 +393,7 @@ def selection_for_flex(q, kc, config, compiled=None):
 # many programs; segments of one block add their partial dK/dV atomically. No T×T anything.
 SLC_SEGMENT = 256  # tokens per dK/dV program
 SLC_ROWS = 128  # query rows (tokens × heads of the group) per step of a dK/dV program
+LOG2E = 1.4426950408889634  # the kernels' softmax runs in exp2
 
 
 def selection_work(idx, n_sel, segment=None):
@@ -429,11 +430,10 @@ if triton is not None:  # the kernels (TRITON_INTERPRET=1, read as they are defi
         return ok, tl.load(K + kv, mask=mask, other=0.0), tl.load(V + kv, mask=mask, other=0.0)
 
     @triton.jit
-    def slc_fwd(Q, K, V, IDX, OUT, LSE, T, qk_scale, n_kv, G: tl.constexpr, D: tl.constexpr, BG: tl.constexpr,
+    def slc_fwd(Q, K, V, IDX, OUT, LSE, T, qk_scale, G: tl.constexpr, D: tl.constexpr, BG: tl.constexpr,
             BD: tl.constexpr, BS: tl.constexpr, N: tl.constexpr):
         t, bh = tl.program_id(0), tl.program_id(1)
-        hk = bh % n_kv
-        rows = (bh - hk) * G + hk * G + tl.arange(0, BG)  # query heads b·H + hk·G + g
+        rows = bh * G + tl.arange(0, BG)  # bh = b·Hkv + hk: query heads b·H + hk·G + g
         d = tl.arange(0, BD)
         row_ok = tl.arange(0, BG) < G
         q = tl.load(Q + (rows[:, None] * T + t) * D + d[None, :], mask=row_ok[:, None] & (d[None, :] < D), other=0.0)
@@ -456,11 +456,10 @@ if triton is not None:  # the kernels (TRITON_INTERPRET=1, read as they are defi
         tl.store(LSE + rows * T + t, m + tl.log2(den), mask=row_ok)
 
     @triton.jit
-    def slc_bwd_dq(Q, K, V, IDX, DO, LSE, DELTA, DQ, T, qk_scale, sm_scale, n_kv, G: tl.constexpr, D: tl.constexpr,
+    def slc_bwd_dq(Q, K, V, IDX, DO, LSE, DELTA, DQ, T, qk_scale, sm_scale, G: tl.constexpr, D: tl.constexpr,
                BG: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr, N: tl.constexpr):
         t, bh = tl.program_id(0), tl.program_id(1)
-        hk = bh % n_kv
-        rows = (bh - hk) * G + hk * G + tl.arange(0, BG)
+        rows = bh * G + tl.arange(0, BG)
         d = tl.arange(0, BD)
         row_ok = tl.arange(0, BG) < G
         at = (rows[:, None] * T + t) * D + d[None, :]
@@ -480,7 +479,7 @@ if triton is not None:  # the kernels (TRITON_INTERPRET=1, read as they are defi
         tl.store(DQ + at, (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_ok)
 
     @triton.jit
-    def slc_bwd_dkdv(Q, K, V, TOKENS, WORK, DO, LSE, DELTA, DK, DV, T, qk_scale, sm_scale, n_kv, W,
+    def slc_bwd_dkdv(Q, K, V, TOKENS, WORK, DO, LSE, DELTA, DK, DV, T, qk_scale, sm_scale, W,
                  G: tl.constexpr, D: tl.constexpr, BG: tl.constexpr, BD: tl.constexpr, BS: tl.constexpr,
                  N: tl.constexpr, R: tl.constexpr):
         w, bh = tl.program_id(0), tl.program_id(1)
@@ -488,7 +487,6 @@ if triton is not None:  # the kernels (TRITON_INTERPRET=1, read as they are defi
         if j >= 0:
             first = tl.load(WORK + (bh * W + w) * 3 + 1)
             end = tl.load(WORK + (bh * W + w) * 3 + 2)
-            hk = bh % n_kv
             d, s, r = tl.arange(0, BD), tl.arange(0, BS), tl.arange(0, R)
             key = j * BS + s
             kv = (bh * T + key[:, None]) * D + d[None, :]
@@ -501,7 +499,7 @@ if triton is not None:  # the kernels (TRITON_INTERPRET=1, read as they are defi
                 at_e = e + r // BG
                 ok = (at_e < end) & (r % BG < G)
                 tok = tl.load(TOKENS + bh * T * N + at_e, mask=ok, other=0)
-                row = (bh - hk) * G + hk * G + r % BG
+                row = bh * G + r % BG
                 at = (row[:, None] * T + tok[:, None]) * D + d[None, :]
                 q = tl.load(Q + at, mask=ok[:, None] & (d[None, :] < D), other=0.0)
                 do = tl.load(DO + at, mask=ok[:, None] & (d[None, :] < D), other=0.0)
@@ -521,7 +519,7 @@ def _slc_shapes(q, k, select_block, n):
     Hkv = k.shape[1]
     G = H // Hkv
     return dict(G=G, D=D, BG=max(16, triton.next_power_of_2(G)), BD=max(16, triton.next_power_of_2(D)),
-                BS=select_block, N=n), (B * Hkv, T, Hkv)
+                BS=select_block, N=n), (B * Hkv, T)
 
 
 class SelectedAttention(torch.autograd.Function):
@@ -531,11 +529,11 @@ class SelectedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, idx, select_block):
         q, k, v, idx = (t.contiguous() for t in (q, k, v, idx.to(torch.int32)))
-        shapes, (BH, T, Hkv) = _slc_shapes(q, k, select_block, idx.shape[-1])
+        shapes, (BH, T) = _slc_shapes(q, k, select_block, idx.shape[-1])
         o = torch.empty_like(q)
         lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)  # log2 of the softmax's sum
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
-        slc_fwd[(T, BH)](q, k, v, idx, o, lse, T, sm_scale * LOG2E, Hkv, **shapes)
+        slc_fwd[(T, BH)](q, k, v, idx, o, lse, T, sm_scale * LOG2E, **shapes)
         ctx.save_for_backward(q, k, v, idx, o, lse)
         ctx.select_block = select_block
         return o
@@ -544,19 +542,17 @@ class SelectedAttention(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, idx, o, lse = ctx.saved_tensors
         do = do.contiguous()
-        shapes, (BH, T, Hkv) = _slc_shapes(q, k, ctx.select_block, idx.shape[-1])
+        shapes, (BH, T) = _slc_shapes(q, k, ctx.select_block, idx.shape[-1])
         sm_scale = 1.0 / math.sqrt(q.shape[-1])
         delta = (do.float() * o.float()).sum(-1)
         dq = torch.empty_like(q)
-        slc_bwd_dq[(T, BH)](q, k, v, idx, do, lse, delta, dq, T, sm_scale * LOG2E, sm_scale, Hkv, **shapes)
+        slc_bwd_dq[(T, BH)](q, k, v, idx, do, lse, delta, dq, T, sm_scale * LOG2E, sm_scale, **shapes)
         tokens, work = selection_work(idx, -(-T // ctx.select_block))
         dk, dv = (torch.zeros(k.shape, device=k.device, dtype=torch.float32) for _ in range(2))
         slc_bwd_dkdv[(work.shape[1], BH)](q, k, v, tokens, work, do, lse, delta, dk, dv, T, sm_scale * LOG2E, sm_scale,
-                                      Hkv, work.shape[1], R=max(SLC_ROWS, shapes["BG"]), **shapes)
+                                      work.shape[1], R=max(SLC_ROWS, shapes["BG"]), **shapes)
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
 
-
-LOG2E = 1.4426950408889634
 
 
 FLA_STATUS = {}  # None (runs) or the reason it cannot, probed once per process
