@@ -9,9 +9,7 @@
 set -uo pipefail
 dir=${1:-/tmp/checks}
 mkdir -p "$dir"
-step() { local name=$1 limit=$2; shift 2; local t=$EPOCHREALTIME
-  timeout "$limit" "$@" > "$dir/$name.log" 2>&1
-  echo "$name rc=$? wall_s=$(awk "BEGIN {print $EPOCHREALTIME - $t}")" | tee -a "$dir/steps.txt"; }
+source "$(dirname "$0")/step.sh"
 # limits from the first run (3225576): FlexAttention's and the CUDA-graphed models' compiles take over a minute
 step gpu_tests 220 python -m pytest -v -m gpu --durations=0 tests/test_nsa.py
 nsa="--stage=bench_layer --models=nsa --n_head=16 --n_kv_head=1 --head_size=44 --select_count=16 --window=512

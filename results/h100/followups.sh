@@ -9,9 +9,7 @@
 set -uo pipefail
 dir=${1:-/tmp/followups}
 mkdir -p "$dir"
-step() { local name=$1 limit=$2; shift 2; local t=$EPOCHREALTIME
-  timeout "$limit" "$@" > "$dir/$name.log" 2>&1
-  echo "$name rc=$? wall_s=$(awk "BEGIN {print $EPOCHREALTIME - $t}")" | tee -a "$dir/steps.txt"; }
+source "$(dirname "$0")/step.sh"
 step nsa_profile 90 python train_runner.py --stage=bench_layer --models=nsa --n_head=16 --n_kv_head=1 --head_size=44 \
   --select_count=16 --window=512 --cmp_block=64 --cmp_stride=64 --select_block=64 --use_fla=False --use_triton=True \
   --seq_lens=65536 --trials=5 --profile=True --out_dir="$dir/nsa_profile"

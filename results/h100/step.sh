@@ -1,0 +1,7 @@
+# Sourced by the one-call GPU scripts beside it (checks.sh, followups.sh):
+#   step NAME SECONDS COMMAND...
+# runs COMMAND under a time limit, its output to $dir/NAME.log, and appends its exit status and wall
+# seconds to $dir/steps.txt; a step that fails does not stop the others.
+step() { local name=$1 limit=$2; shift 2; local t=$EPOCHREALTIME
+  timeout "$limit" "$@" > "$dir/$name.log" 2>&1
+  echo "$name rc=$? wall_s=$(awk "BEGIN {print $EPOCHREALTIME - $t}")" | tee -a "$dir/steps.txt"; }
