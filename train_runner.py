@@ -101,6 +101,9 @@ models_to_test = "vanilla,rope,linear,sparse,delta,delta_product,nsa"
 learning_rates = "5e-4,1e-3,2e-3"  # each run's min_lr is its learning_rate / 10
 lr_bracket = 0  # rounds that extend a model's learning rates one grid step past an end when its best is there
 seeds = "1337"
+# more seeds, trained only at each model's best learning rate once the grid (and its brackets) is done with
+# `seeds`: error bars for the published numbers at a third of the cost of every rate at every seed
+seeds_at_best = ""
 target_params = 0  # 0: the vanilla entry's parameter count; each family is matched to within 3%
 sweep_dir = ""  # '' = results/<cpu or cuda>
 sweep_workers = 0  # processes that share the sweep's runs; 0 = runs_per_gpu per visible GPU (one on a CPU)
@@ -1274,6 +1277,15 @@ def sweep(cfg, sweep_paths=(), raw=None):
             print(f"[sweep] {name}'s best learning rate is at an end of those tried: also {lr:g}")
         if not new:
             break
+    extra = [seed for seed in split(cfg["seeds_at_best"], int) if seed not in seeds]
+    if extra:  # every round above is done here (a worker returns while its round has runs left)
+        best = {name: best_tried_lr(root, name, tried[name], seeds) for name in specs}
+        print("[sweep] seeds " + ",".join(map(str, extra)) + " at each model's best learning rate: "
+              + ", ".join(f"{name} {lr:g}" for name, lr in best.items()))
+        runs = [(run_folder(name, lr, seed), name, f"{name} lr={lr:g} seed={seed}",
+                 dict(specs[name], learning_rate=lr, min_lr=lr / 10, seed=seed))
+                for name, lr in best.items() for seed in extra]
+        train_runs(cfg, root, runs, "sweep", sweep_paths, raw)
     return specs
 
 
@@ -1295,12 +1307,17 @@ def lr_beyond(root, name, tried, grid, seeds):
     if len(grid) < 2:
         return None
     step = (max(grid) / min(grid)) ** (1 / (len(grid) - 1))
+    best = best_tried_lr(root, name, tried, seeds)
+    return best / step if best == min(tried) else best * step if best == max(tried) else None
 
+
+def best_tried_lr(root, name, tried, seeds):
+    """The learning rate of `tried` with the lowest best val loss, mean over seeds (a run that did not
+    finish counts as worst); ties go to the smaller rate."""
     def score(lr):
         ms = [read_metrics(root / "runs" / run_folder(name, lr, seed)) for seed in seeds]
         return sum(m["best_val_loss"] if m.get("status") == "done" else math.inf for m in ms) / len(ms)
-    best = min(sorted(tried), key=score)
-    return best / step if best == min(tried) else best * step if best == max(tried) else None
+    return min(sorted(tried), key=score)
 
 
 def train_runs(cfg, root, runs, stage, sweep_paths, raw):
@@ -1443,7 +1460,11 @@ def report(cfg):
         by_lr = {}
         for m in ms:
             by_lr.setdefault(m["config"]["learning_rate"], []).append(m)
-        lr_best = {lr: mean_std([m.get("best_val_loss") for m in group])[0] for lr, group in by_lr.items()}
+        # rates are compared on the seeds they all have (seeds_at_best trains more seeds at the best one
+        # only), then the chosen rate is reported over all of its seeds
+        common = set.intersection(*({m["config"]["seed"] for m in group} for group in by_lr.values()))
+        lr_best = {lr: mean_std([m.get("best_val_loss") for m in group if m["config"]["seed"] in common])[0]
+                   for lr, group in by_lr.items()}
         finite = {lr: v for lr, v in lr_best.items() if v is not None}
         best_lr = min(finite, key=finite.get) if finite else None
         group = by_lr.get(best_lr, [])

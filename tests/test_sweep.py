@@ -297,3 +297,20 @@ def test_a_sweep_with_lr_bracket_trains_one_step_past_the_best_end_and_resumes_i
     train_runner.sweep(cfg, paths, raw)
     assert capsys.readouterr().out.count("already done, skipped") == 3
     assert train_runner.report(cfg)["vanilla"]["lr_sweep"].keys() == {"0.0001", "0.001", "0.01"}
+
+
+def test_seeds_at_best_train_more_seeds_only_at_the_best_learning_rate(tiny_sweep, capsys):
+    cfg, paths, raw = tiny_sweep
+    cfg = dict(cfg, models_to_test="vanilla", learning_rates="1e-4,1e-3", seeds_at_best="7,1337")
+    train_runner.sweep(cfg, paths, raw)  # 6 iterations: the larger learning rate is the better one
+    runs = train_runner.sweep_root(cfg) / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["vanilla_lr0.0001_s1337", "vanilla_lr0.001_s1337",
+                                                      "vanilla_lr0.001_s7"]
+    assert "seeds 7 at each model's best learning rate: vanilla 0.001" in capsys.readouterr().out
+    # the report compares rates on their common seed, then reports the best over both of its seeds, even
+    # when seed 7 alone would have made the other rate look better
+    m7 = runs / "vanilla_lr0.001_s7" / "metrics.json"
+    m7.write_text(json.dumps(dict(json.loads(m7.read_text()), best_val_loss=99.0)))
+    row = train_runner.report(cfg)["vanilla"]
+    assert row["best_lr"] == 1e-3 and row["seeds"] == 2 and row["best_val_loss"] > 40
+    assert row["lr_sweep"]["0.001"] < row["lr_sweep"]["0.0001"]
