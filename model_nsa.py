@@ -69,6 +69,14 @@ COMPRESSIONS = ("mean", "mlp")
 QUERY_BLOCK = 128  # rows per block on the PyTorch path
 FLEX_BLOCK = model_sparse.FLEX_BLOCK
 SELECT_ROWS = 1024  # query rows per block when scoring the selection for the flex path
+# FlexAttention's backward runs one program per tile of keys and K/V head, over all the query heads of its
+# group: with one K/V head, the 8 tiles of compressed keys at T = 65,536 were 8 programs for the whole
+# dK/dV. Keys and values repeated per query head give G times the programs (autograd sums the copies).
+REPEAT_KV_CMP, REPEAT_KV_WIN = True, False
+
+
+def per_query_head(t, H):
+    return t.repeat_interleave(H // t.shape[1], dim=1) if t.shape[1] != H else t
 
 
 @dataclass
@@ -594,6 +602,8 @@ def fla_cmp_and_slc(q, k, v, gates, config):
 def window_attention(q, k, v, config):
     """The window branch alone, in FlexAttention with model_sparse's sliding-window BlockMask (T whole tiles)."""
     mask = model_sparse.block_mask("sliding_window", config.window, 0, 0, 0, q.shape[2], str(q.device))
+    if REPEAT_KV_WIN:
+        k, v = per_query_head(k, q.shape[1]), per_query_head(v, q.shape[1])
     return model_sparse.compiled_flex_attention(q, k, v, block_mask=mask, enable_gqa=k.shape[1] != q.shape[1])
 
 
@@ -691,9 +701,9 @@ class NSAAttention(model.CausalSelfAttention):
     @torch.compiler.disable
     def _flex(self, q, k, v, kc, vc, gates):
         c, T = self.config, q.shape[2]
-        gqa = self.n_kv_head != self.n_head
         cmp_mask = compressed_block_mask(T, c.cmp_block, c.cmp_stride, str(q.device))
-        o_cmp = model_sparse.compiled_flex_attention(q, kc, vc, block_mask=cmp_mask, enable_gqa=gqa)
+        kc_, vc_ = (per_query_head(kc, self.n_head), per_query_head(vc, self.n_head)) if REPEAT_KV_CMP else (kc, vc)
+        o_cmp = model_sparse.compiled_flex_attention(q, kc_, vc_, block_mask=cmp_mask, enable_gqa=kc_.shape[1] != self.n_head)
         ids = selection_for_flex(q, kc, c)
         if c.use_triton:
             o_slc = SelectedAttention.apply(q, k, v, ids, c.select_block)
