@@ -7,7 +7,9 @@ model_type = "delta"
 out_dir = "out-shakespeare-char-gated-delta"
 variant = "gated_deltanet"
 head_k_dim, head_v_dim = (32, 64) if n_embd == 384 else (0, 0)  # noqa: F821 (set by the base file)
-compile_mode = "default"
+# the PyTorch form (FLA's gated kernels refuse the H100's triton 3.6) has no graph breaks: CUDA graphs
+# replay its launch-bound step at 15.4 ms/iter alone on the H100 (results/h100/delta)
+compile_mode = "reduce-overhead"
 if n_embd == 384:  # noqa: F821 (set by the base file)
     # tuned on the H100 (results/h100/delta/tune_rounds.json): every delta-rule model fits the training
     # set fast and overfits from iter ~750, and the short convolutions make it worse. Without them, at
