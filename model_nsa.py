@@ -68,7 +68,10 @@ except ImportError:  # no Triton here (torch's CUDA builds bring it): use_triton
 COMPRESSIONS = ("mean", "mlp")
 QUERY_BLOCK = 128  # rows per block on the PyTorch path
 FLEX_BLOCK = model_sparse.FLEX_BLOCK
-SELECT_ROWS = 1024  # query rows per block when scoring the selection for the flex path
+# float32 scores per block of query rows when scoring the selection for the flex path (1 GiB): at
+# T = 65,536 (B = 1, 16 heads, 1,024 compressed keys) blocks of 16,384 rows, 30.4 ms a layer's step
+# against 46.6 in blocks of 1,024 (results/h100/nsa: fewer, larger launches)
+SELECT_SCORES = 2**28
 # FlexAttention's backward runs one program per tile of keys and K/V head, over all the query heads of its
 # group: with one K/V head, the 8 tiles of compressed keys at T = 65,536 were 8 programs for the whole
 # dK/dV. Keys and values repeated per query head give G times the programs (autograd sums the copies).
@@ -389,8 +392,9 @@ def selection_for_flex(q, kc, config, compiled=None):
     T = q.shape[2]
     pos = torch.arange(T, device=q.device)
     rows = compiled_selection_rows if (q.is_cuda if compiled is None else compiled) else selection_rows
-    out = [rows(q[:, :, s:s + SELECT_ROWS], kc, pos[s:s + SELECT_ROWS], config.n_select_blocks(T), config)
-           for s in range(0, T, SELECT_ROWS)]
+    step = max(FLEX_BLOCK, SELECT_SCORES // (q.shape[0] * q.shape[1] * max(1, kc.shape[2])))
+    out = [rows(q[:, :, s:s + step], kc, pos[s:s + step], config.n_select_blocks(T), config)
+           for s in range(0, T, step)]
     return torch.cat(out, dim=2)
 
 

@@ -243,7 +243,7 @@ def test_trains_through_the_runner(shakespeare, tmp_path):
     assert val[-1] < val[0] - 0.9
 
 
-def test_compiled_selection_equals_eager():
+def test_compiled_selection_equals_eager(monkeypatch):
     # the flex paths score the selection through torch.compile on CUDA; the same compiled function on a CPU
     torch.manual_seed(0)
     cfg = GPTConfig(n_embd=8 * 16, n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=32, select_count=4)
@@ -251,6 +251,8 @@ def test_compiled_selection_equals_eager():
     kc = model_nsa.compress(torch.randn(1, 2, 2048, 16), cfg)
     eager = model_nsa.selection_for_flex(q, kc, cfg, compiled=False)
     assert torch.equal(model_nsa.selection_for_flex(q, kc, cfg, compiled=True), eager)
+    monkeypatch.setattr(model_nsa, "SELECT_SCORES", 8 * 300 * kc.shape[2])  # blocks of 300 rows, the last shorter
+    assert torch.equal(model_nsa.selection_for_flex(q, kc, cfg, compiled=False), eager)
     mask = model_nsa.blocks_as_mask(eager, cfg.n_select_blocks(2048))
     assert mask.sum(-1).max() == 4 and mask[0, 0, 40, 0] and not mask[0, 0, 40, 2:].any()  # n blocks, causal
 
