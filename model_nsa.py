@@ -74,7 +74,9 @@ FLEX_BLOCK = model_sparse.FLEX_BLOCK
 SELECT_SCORES = 2**28
 # FlexAttention's backward runs one program per tile of keys and K/V head, over all the query heads of its
 # group: with one K/V head, the 8 tiles of compressed keys at T = 65,536 were 8 programs for the whole
-# dK/dV. Keys and values repeated per query head give G times the programs (autograd sums the copies).
+# dK/dV. Keys and values repeated per query head give G times the programs (autograd sums the copies):
+# 75.5 -> 46.6 ms for that layer's step on an H100. The window's 512 tiles already fill the GPU; repeating
+# its keys too measured slower (53.6), so it stays off (results/h100/nsa).
 REPEAT_KV_CMP, REPEAT_KV_WIN = True, False
 
 
