@@ -94,7 +94,7 @@ compile_mode = "reduce-overhead"
 seed = 1337
 # what to do: 'train' (one run), 'bakeoff' (sweep, then bench_decode and bench_memory, then report),
 # or one of those parts alone: 'sweep', 'bench_decode', 'bench_memory', 'report'; also 'bench_layer',
-# 'eval' and 'inspect' (below)
+# 'eval' and 'inspect' (below), 'mqar' and 'mqar_report' (config/mqar.py)
 stage = "train"
 # the sweep: config files by short name (vanilla = config/train_shakespeare_char.py, x = ..._x.py, or a path)
 models_to_test = "vanilla,rope,linear,sparse,delta,delta_product,nsa"
@@ -1149,7 +1149,7 @@ def bench_table(stage, rows, device_type):
     key, unit = ("ms_per_token", "ms/token, batch 1") if stage == "bench_decode" else ("ms", "ms, forward+backward" + (
         " + AdamW" if stage == "bench_memory" else ""))
     lens = sorted({r["T"] for r in rows})
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows if r["accuracy"]))  # a family with no finished run has no line
     cell = {(r["model"], r["T"]): r for r in rows}
 
     def show(r, k, spec):
@@ -1907,42 +1907,60 @@ def state_bytes(model):
     return walk(model.new_caches(1, torch.device("cpu"), torch.bfloat16))
 
 
+def mqar_run_folder(name, width, lr):
+    return f"{name}_d{width}_lr{lr:g}"
+
+
 def mqar_sweep(cfg, sweep_paths=(), raw=None):
     """Train each family of --models at each width of mqar_widths and each of learning_rates on MQAR, as
-    the sweep trains (workers, resume, failures recorded); then, for each family and width, its best
-    learning rate by val accuracy goes into <sweep_dir>/mqar.md, mqar.json and plots/mqar_*.png."""
+    the sweep trains (workers, resume, failures recorded); then mqar_report."""
     root, env = sweep_root(cfg), environment()  # before this writes anything: its own files would mark the checkout dirty
     check_trackers(cfg)
     specs, widths, lrs = bench_specs(cfg), split(cfg["mqar_widths"], int), split(cfg["learning_rates"], float)
-    def folder(name, width, lr):
-        return f"{name}_d{width}_lr{lr:g}"
-    runs = [(folder(name, width, lr), f"{name}_d{width}", f"{name}, width {width}, lr={lr:g}",
+    runs = [(mqar_run_folder(name, width, lr), f"{name}_d{width}", f"{name}, width {width}, lr={lr:g}",
              dict(settings, n_embd=width, learning_rate=lr, min_lr=lr / 10))
             for name, settings in specs for width in widths for lr in lrs]
     train_runs(cfg, root, runs, "mqar", sweep_paths, dict(raw or {}))
     if cfg["sweep_worker"] >= 0:
         return []  # a worker only trains: the process that started the workers writes the report
+    return mqar_report(cfg, env)
+
+
+def mqar_report(cfg, env=None):
+    """For each family of --models and width of mqar_widths, its best learning rate by val accuracy among
+    the finished runs under <sweep_dir>/runs, into <sweep_dir>/mqar.md, mqar.json and plots/mqar_*.png
+    (also `--stage=mqar_report` alone, e.g. on a CPU from a GPU sweep's runs: `--device=cuda` picks
+    config/mqar.py's GPU grid). A sweep still under way gives a partial report: the 'rates done' column
+    says how many of the learning rates have finished (done, diverged, out of memory or failed)."""
+    root, env = sweep_root(cfg), env or environment()
+    specs, widths, lrs = bench_specs(cfg), split(cfg["mqar_widths"], int), split(cfg["learning_rates"], float)
     rows = []
     for name, settings in specs:
         for width in widths:
-            tried = {lr: read_metrics(root / "runs" / folder(name, width, lr)) for lr in lrs}
+            tried = {lr: read_metrics(root / "runs" / mqar_run_folder(name, width, lr)) for lr in lrs}
             done = {lr: m for lr, m in tried.items() if m.get("status") == "done"}
             best = max(done, key=lambda lr: done[lr]["best_val_accuracy"]) if done else None
-            m = done.get(best, {})
-            model = build_for(dict(settings, n_embd=width), settings["block_size"], vocab_size=dataset_vocab(settings["dataset"]))
+            m, finished = done.get(best, {}), sum(t.get("status") in FINISHED for t in tried.values())
+            # the cache's size does not depend on the vocabulary: no dataset needed here
+            model = build_for(dict(settings, n_embd=width), settings["block_size"], vocab_size=64)
             rows.append({"model": name, "model_type": settings["model_type"], "width": width, "learning_rate": best,
-                         "params": model.get_num_params(), "state_bytes": state_bytes(model),
-                         "accuracy": m.get("val_accuracy_by_slice"), "kernel_path": m.get("kernel_path"),
+                         "params": m.get("params"), "state_bytes": state_bytes(model), "rates_done": finished,
+                         "rates": len(lrs), "accuracy": m.get("val_accuracy_by_slice"), "kernel_path": m.get("kernel_path"),
                          "lr_sweep": {f"{lr:g}": t.get("best_val_accuracy", t.get("status")) for lr, t in tried.items()}})
     if not any(r["accuracy"] for r in rows):
         raise UserError(f"no MQAR run under {root}/runs finished; their metrics.json and error.log say why")
     write_json(root / "mqar.json", {"rows": rows, "environment": env, "config": cfg})
     slices = [s for s in next(r["accuracy"] for r in rows if r["accuracy"]) if s != "all"]
+    unfinished = sum(r["rates"] - r["rates_done"] for r in rows)
     lines = [f"# MQAR recall: {root}", "", "Accuracy at the query positions of the val set, per (sequence length x kv pairs); "
              "state = bytes of decoding state per sequence at the full context. Made by "
              "`python train_runner.py config/mqar.py --stage=mqar`.", ""]
-    lines += markdown_table(["model", "width", "params", "state bytes", "best LR", *slices, "all"],
-                            ([r["model"], r["width"], f"{r['params']:,}", f"{r['state_bytes']:,}", fmt(r["learning_rate"], "g"),
+    if unfinished:
+        lines += [f"**Partial:** {unfinished} of {sum(r['rates'] for r in rows)} runs are not finished; each row's best is "
+                  "the best of the rates done.", ""]
+    lines += markdown_table(["model", "width", "params", "state bytes", "best LR", "rates done", *slices, "all"],
+                            ([r["model"], r["width"], fmt(r["params"], ","), f"{r['state_bytes']:,}", fmt(r["learning_rate"], "g"),
+                              f"{r['rates_done']}/{r['rates']}",
                               *(fmt(r["accuracy"] and r["accuracy"][s], ".3f") for s in [*slices, "all"])] for r in rows))
     atomic_write(root / "mqar.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     plot_mqar(root, rows, slices)
@@ -1953,7 +1971,7 @@ def mqar_sweep(cfg, sweep_paths=(), raw=None):
 def plot_mqar(root, rows, slices):
     plt = pyplot()
 
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows if r["accuracy"]))  # a family with no finished run has no line
     fig, axes = plt.subplots(1, len(slices), figsize=(3.4 * len(slices), 3.2), squeeze=False)
     for ax, s in zip(axes[0], slices):
         for name in models:
@@ -1997,10 +2015,12 @@ def main(argv):
         return report(cfg)
     if stage == "mqar":
         return mqar_sweep(cfg, paths, raw)
+    if stage == "mqar_report":
+        return mqar_report(cfg)
     if stage in ("eval", "inspect"):  # on the checkpoint's own dataset unless --dataset names another
         return (eval_checkpoint if stage == "eval" else inspect)(cfg, raw.get("dataset"))
     raise UserError(f"unknown stage '{stage}'; choose train, bakeoff, sweep, bench_layer, bench_decode, bench_memory, "
-                    "report, eval, inspect or mqar")
+                    "report, eval, inspect, mqar or mqar_report")
 
 
 if __name__ == "__main__":

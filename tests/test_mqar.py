@@ -96,10 +96,20 @@ def test_recall_stage_writes_its_table_and_plots(mqar_data, tmp_path):
     for r in rows:  # each family and width at its best learning rate by val accuracy
         assert set(r["lr_sweep"]) == {"0.001", "0.01"} and r["lr_sweep"][f"{r['learning_rate']:g}"] == max(r["lr_sweep"].values())
     md = (tmp_path / "recall" / "mqar.md").read_text()
-    assert "| model | width | params | state bytes | best LR | 16x2 | 24x4 | all |" in md
+    assert "| model | width | params | state bytes | best LR | rates done | 16x2 | 24x4 | all |" in md
+    assert "Partial" not in md and all(r["rates_done"] == 2 for r in rows)
     assert json.loads((tmp_path / "recall" / "mqar.json").read_text())["rows"][0]["accuracy"] == rows[0]["accuracy"]
     for png in ("mqar_accuracy.png", "mqar_state.png"):
         assert (tmp_path / "recall" / "plots" / png).stat().st_size > 2000
+    # a sweep under way: the report alone picks each best among the finished runs and says what is missing
+    runs = tmp_path / "recall" / "runs"
+    for folder in ("delta_d16_lr0.01", "delta_d32_lr0.001", "delta_d32_lr0.01"):
+        m = runs / folder / "metrics.json"
+        m.write_text(json.dumps(dict(json.loads(m.read_text()), status="running")))
+    partial = {(r["model"], r["width"]): r for r in train_runner.mqar_report(cfg)}
+    assert partial["delta", 16]["rates_done"] == 1 and partial["delta", 16]["learning_rate"] == 1e-3
+    assert partial["delta", 32]["accuracy"] is None and partial["vanilla", 32]["accuracy"] == rows[1]["accuracy"]
+    assert "**Partial:** 3 of 8 runs are not finished" in (tmp_path / "recall" / "mqar.md").read_text()
 
 
 def test_softmax_attention_with_a_short_conv_learns_tiny_mqar(mqar_data, tmp_path):
