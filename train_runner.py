@@ -1259,12 +1259,14 @@ def sweep(cfg, sweep_paths=(), raw=None):
     atomic_write(root / "param_matching.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     print(f"[sweep] parameter matching, target {target:,}:\n" + "\n".join(lines))
 
+    def sweep_run(name, lr, seed):  # (folder, model, description, settings), as train_runs takes a run
+        return (run_folder(name, lr, seed), name, f"{name} lr={lr:g} seed={seed}",
+                dict(specs[name], learning_rate=lr, min_lr=lr / 10, seed=seed))
+
     grid, seeds = split(cfg["learning_rates"], float), split(cfg["seeds"], int)
     tried, new = {name: list(grid) for name in specs}, {name: grid for name in specs}
     for round_ in range(cfg["lr_bracket"] + 1):
-        runs = [(run_folder(name, lr, seed), name, f"{name} lr={lr:g} seed={seed}",
-                 dict(specs[name], learning_rate=lr, min_lr=lr / 10, seed=seed))
-                for name in new for lr in new[name] for seed in seeds]
+        runs = [sweep_run(name, lr, seed) for name in new for lr in new[name] for seed in seeds]
         pending = unfinished(root, runs)
         train_runs(cfg, root, runs, "sweep", sweep_paths, raw)
         if pending and cfg["sweep_worker"] >= 0:  # a worker trains one round: the next is decided once all of it is done
@@ -1282,9 +1284,7 @@ def sweep(cfg, sweep_paths=(), raw=None):
         best = {name: best_tried_lr(root, name, tried[name], seeds) for name in specs}
         print("[sweep] seeds " + ",".join(map(str, extra)) + " at each model's best learning rate: "
               + ", ".join(f"{name} {lr:g}" for name, lr in best.items()))
-        runs = [(run_folder(name, lr, seed), name, f"{name} lr={lr:g} seed={seed}",
-                 dict(specs[name], learning_rate=lr, min_lr=lr / 10, seed=seed))
-                for name, lr in best.items() for seed in extra]
+        runs = [sweep_run(name, lr, seed) for name, lr in best.items() for seed in extra]
         train_runs(cfg, root, runs, "sweep", sweep_paths, raw)
     return specs
 
