@@ -794,8 +794,10 @@ def run(cfg, prefix="", group=None):
             p.grad = torch.zeros_like(p)
     autocast = torch.autocast(device_type=device_type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
     scaler = torch.amp.GradScaler(device_type, enabled=dtype == "float16")
-    tokens_per_iter = micro_steps * world * cfg["batch_size"] * cfg["block_size"]  # across all processes
-    flops_per_iter = raw_model.estimate_flops_per_token(cfg["block_size"]) * tokens_per_iter
+    # a dataset of whole sequences trains on its train split's width (MQAR's: 256), not on block_size
+    train_len = data["train"]["inputs"].shape[1] if isinstance(data["train"], dict) else cfg["block_size"]
+    tokens_per_iter = micro_steps * world * cfg["batch_size"] * train_len  # across all processes
+    flops_per_iter = raw_model.estimate_flops_per_token(train_len) * tokens_per_iter
     peak = peak_flops(device_type)
     n_params = raw_model.get_num_params()
     say(prefix + f"{cfg['model_type']}: {n_params / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter, "

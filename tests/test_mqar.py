@@ -87,7 +87,7 @@ def test_state_bytes_follow_each_family_cache():
 
 def test_recall_stage_writes_its_table_and_plots(mqar_data, tmp_path):
     cfg = train_runner.configure(train_runner.DEFAULTS, [str(ROOT / "config" / "mqar.py")], raw_overrides=dict(
-        device="cpu", models="vanilla,delta", mqar_widths="16,32", block_size="24", batch_size="16", max_iters="4",
+        device="cpu", models="vanilla,delta", mqar_widths="16,32", block_size="32", batch_size="16", max_iters="4",
         lr_decay_iters="4", eval_interval="2", log_interval="2", learning_rates="1e-3,1e-2",
         sweep_dir=str(tmp_path / "recall")))
     rows = train_runner.mqar_sweep(cfg)
@@ -99,6 +99,8 @@ def test_recall_stage_writes_its_table_and_plots(mqar_data, tmp_path):
     assert "| model | width | params | state bytes | best LR | rates done | 16x2 | 24x4 | all |" in md
     assert "Partial" not in md and all(r["rates_done"] == 2 for r in rows)
     assert json.loads((tmp_path / "recall" / "mqar.json").read_text())["rows"][0]["accuracy"] == rows[0]["accuracy"]
+    m = json.loads((tmp_path / "recall" / "runs" / "vanilla_d16_lr0.001" / "metrics.json").read_text())
+    assert m["tokens_per_sec"] == pytest.approx(16 * 24 / (m["ms_per_iter"] / 1e3))  # the train width, not block_size
     for png in ("mqar_accuracy.png", "mqar_state.png"):
         assert (tmp_path / "recall" / "plots" / png).stat().st_size > 2000
     # a sweep under way: the report alone picks each best among the finished runs and says what is missing
