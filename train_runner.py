@@ -1929,8 +1929,9 @@ def mqar_sweep(cfg, sweep_paths=(), raw=None):
 
 
 def mqar_report(cfg, env=None):
-    """For each family of --models and width of mqar_widths, its best learning rate by val accuracy among
-    the finished runs under <sweep_dir>/runs, into <sweep_dir>/mqar.md, mqar.json and plots/mqar_*.png
+    """For each family of --models and width of mqar_widths, its best learning rate by val accuracy at the
+    end of training (the per-slice figures are the last evaluation's) among the finished runs under
+    <sweep_dir>/runs, into <sweep_dir>/mqar.md, mqar.json and plots/mqar_*.png
     (also `--stage=mqar_report` alone, e.g. on a CPU from a GPU sweep's runs: `--device=cuda` picks
     config/mqar.py's GPU grid). A sweep still under way gives a partial report: the 'rates done' column
     says how many of the learning rates have finished (done, diverged, out of memory or failed)."""
@@ -1941,14 +1942,16 @@ def mqar_report(cfg, env=None):
         for width in widths:
             tried = {lr: read_metrics(root / "runs" / mqar_run_folder(name, width, lr)) for lr in lrs}
             done = {lr: m for lr, m in tried.items() if m.get("status") == "done"}
-            best = max(done, key=lambda lr: done[lr]["best_val_accuracy"]) if done else None
+            best = max(done, key=lambda lr: done[lr]["val_accuracy"]) if done else None
             m, finished = done.get(best, {}), sum(t.get("status") in FINISHED for t in tried.values())
             # the cache's size does not depend on the vocabulary: no dataset needed here
             model = build_for(dict(settings, n_embd=width), settings["block_size"], vocab_size=64)
             rows.append({"model": name, "model_type": settings["model_type"], "width": width, "learning_rate": best,
                          "params": m.get("params"), "state_bytes": state_bytes(model), "rates_done": finished,
                          "rates": len(lrs), "accuracy": m.get("val_accuracy_by_slice"), "kernel_path": m.get("kernel_path"),
-                         "lr_sweep": {f"{lr:g}": t.get("best_val_accuracy", t.get("status")) for lr, t in tried.items()}})
+                         "lr_sweep": {f"{lr:g}": t.get("val_accuracy", t.get("status")) for lr, t in tried.items()},
+                         "fell": {f"{lr:g}": (m["best_val_accuracy"], m["val_accuracy"]) for lr, m in done.items()
+                                  if m["best_val_accuracy"] - m["val_accuracy"] > 0.1}})
     if not any(r["accuracy"] for r in rows):
         raise UserError(f"no MQAR run under {root}/runs finished; their metrics.json and error.log say why")
     write_json(root / "mqar.json", {"rows": rows, "environment": env, "config": cfg})
@@ -1964,6 +1967,11 @@ def mqar_report(cfg, env=None):
                             ([r["model"], r["width"], fmt(r["params"], ","), f"{r['state_bytes']:,}", fmt(r["learning_rate"], "g"),
                               f"{r['rates_done']}/{r['rates']}",
                               *(fmt(r["accuracy"] and r["accuracy"][s], ".3f") for s in [*slices, "all"])] for r in rows))
+    fell = [f"{r['model']} d{r['width']} at {lr}: {peak:.3f} at its best evaluation, {last:.3f} at the last"
+            for r in rows for lr, (peak, last) in r["fell"].items()]
+    if fell:
+        lines += ["", "Runs whose accuracy fell by more than 0.1 after their best evaluation (the table counts the last): "
+                  + "; ".join(fell) + "."]
     atomic_write(root / "mqar.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     plot_mqar(root, rows, slices)
     print("\n".join(lines))

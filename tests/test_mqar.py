@@ -108,7 +108,11 @@ def test_recall_stage_writes_its_table_and_plots(mqar_data, tmp_path):
     for folder in ("delta_d16_lr0.01", "delta_d32_lr0.001", "delta_d32_lr0.01"):
         m = runs / folder / "metrics.json"
         m.write_text(json.dumps(dict(json.loads(m.read_text()), status="running")))
+    m = runs / "vanilla_d16_lr0.01" / "metrics.json"  # a run that learned and then fell apart: counted as it ended
+    m.write_text(json.dumps(dict(json.loads(m.read_text()), best_val_accuracy=0.9, val_accuracy=0.0)))
     partial = {(r["model"], r["width"]): r for r in train_runner.mqar_report(cfg)}
+    assert partial["vanilla", 16]["learning_rate"] == 1e-3 and partial["vanilla", 16]["lr_sweep"]["0.01"] == 0.0
+    assert "vanilla d16 at 0.01: 0.900 at its best evaluation, 0.000 at the last" in (tmp_path / "recall" / "mqar.md").read_text()
     assert partial["delta", 16]["rates_done"] == 1 and partial["delta", 16]["learning_rate"] == 1e-3
     assert partial["delta", 32]["accuracy"] is None and partial["vanilla", 32]["accuracy"] == rows[1]["accuracy"]
     assert "**Partial:** 3 of 8 runs are not finished" in (tmp_path / "recall" / "mqar.md").read_text()
