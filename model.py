@@ -291,7 +291,8 @@ class MLP(nn.Module):
 
 
 class ShortConv(nn.Module):
-    """A causal depthwise convolution over time, y_t = Σ_{i<size} w_i x_{t-i}, zero-initialised. Zoology
+    """A causal depthwise convolution over time, y_t = Σ_{i<size} w[size-1-i] x_{t-i} (the last tap on x_t,
+    as nn.Conv1d and FLA's causal_conv1d store it), zero-initialised. Zoology
     and H3 pair every sequence mixer with one: it hands each position its predecessors, which recall
     (MQAR) needs before attention can match keys. The delta family convolves its q, k and v with it."""
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU checks left open, in one device call of about 9.5 minutes:
+# The GPU checks left open, in one device call of about 7.5 minutes:
 #   bash results/h100/followups.sh DIR
 # The bake-off's 21 grid runs took 3,917 run-seconds at 3 per GPU (~22 minutes; issue 7 asks for 15 with
 # the benchmarks), two thirds of it NSA (1,079), Gated DeltaProduct (886) and DeltaNet (838). Gated
@@ -8,15 +8,12 @@
 # 1. DeltaNet in the PyTorch form under CUDA graphs (FLA's kernel, compiled without them: 46.5 ms/iter)
 # 2. Gated DeltaProduct under CUDA graphs (57.2 ms/iter without them)
 # 3. NSA's baby config on the flex+triton path (49.5 ms/iter on the flex path, 2026-11-22)
-# and first, DeltaNet's FLA layer again (issue 5's 5.5-8.4 ms and 241-965 MiB from T=256 to 65,536; its
-# rows at 40293f2 gave 17.8 ms and 1,768 MiB at 65,536 with float32 copies that f9ebce7 removed)
 # Compiles on a fresh machine take 80-150 s: each step's limit leaves room for them.
 set -uo pipefail
 dir=${1:-/tmp/followups}
 mkdir -p "$dir"
 source "$(dirname "$0")/step.sh"
 speed="--max_iters=300 --eval_iters=5 --eval_interval=300 --log_interval=25 --wandb_log=False"
-step delta_fla_layer 110 python train_runner.py --stage=bench_layer --models=delta --trials=10 --out_dir="$dir/delta_fla_layer"
 step delta_pytorch_graphs 160 python train_runner.py config/train_shakespeare_char_delta.py --use_fla=False \
   --compile_mode=reduce-overhead $speed --out_dir="$dir/delta_pytorch_graphs"
 step delta_product_graphs 180 python train_runner.py config/train_shakespeare_char_delta_product.py \
