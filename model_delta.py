@@ -351,7 +351,7 @@ class DeltaAttention(nn.Module):
         c = self.config
         B, T, _ = x.shape
         n = c.steps
-        fla = self.kernel_path(x.device.type) == "fla" and not return_attn and not (cache is not None and T == 1)
+        fla = self.kernel_path(x.device.type) == "fla" and not return_attn
         inputs = self._inputs(x, cache, fla=fla and cache is None)  # a cache keeps the convolutions' last inputs
         att = None
         if cache is not None and T == 1:

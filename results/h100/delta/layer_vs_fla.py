@@ -30,7 +30,7 @@ def ours(T, compiled):
 
 def fla_layer(heads):
     from fla.layers import DeltaNet
-    layer = DeltaNet(hidden_size=384, num_heads=heads).cuda()
+    layer = DeltaNet(hidden_size=settings["n_embd"], num_heads=heads).cuda()
     return lambda x: layer(x)[0]
 
 
@@ -41,8 +41,8 @@ for T in lens:
     for name, make in variants.items():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        B = max(1, 16384 // T)
-        x = torch.randn(B, T, 384, device="cuda", requires_grad=True)
+        B = max(1, cfg["tokens_per_batch"] // T)
+        x = torch.randn(B, T, settings["n_embd"], device="cuda", requires_grad=True)
         layer = make(T)
 
         def step():
