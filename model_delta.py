@@ -31,9 +31,8 @@ so everything but the S recurrence across chunks is batched matrix work: O(T·C�
 T×T. That recurrence is affine in S, S' = M S + D with M = Γ_C I - (K ⊙ Γ_C/Γ)ᵀ W, so at long T
 it is solved as a scan over chunks (pairs composed, log₂ of the chunk count levels) instead of one
 small step per chunk. On CUDA the same function runs in flash-linear-attention's chunk kernels
-(bf16), and the short convolutions (with their SiLU) in its fused causal_conv1d. FLA's gated kernels
-refuse some setups (Triton >= 3.4, < 3.7.1 on Hopper); the layer then falls back to the PyTorch form
-with one warning, and kernel_path says 'pytorch-fallback'.
+(bf16). FLA's gated kernels refuse some setups (Triton >= 3.4, < 3.7.1 on Hopper); the layer then
+falls back to the PyTorch form with one warning, and kernel_path says 'pytorch-fallback'.
 
 Decoding carries S (and the last conv_size-1 projections for the convolutions): constant memory
 and time per token. With learned positions the context is capped at block_size like softmax's;
@@ -221,7 +220,6 @@ def probe_fla_kernel(fn, variant):
     q, k, v = (torch.randn(1, 64, 1, 16, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     beta, g = torch.rand(1, 64, 1, device="cuda", dtype=torch.bfloat16), -torch.rand(1, 32, 1, device="cuda")
     kw = dict(use_qk_l2norm_in_kernel=True)  # as the layer calls it
-    q = fla_conv()(q.view(1, 64, 16), torch.randn(16, 4, device="cuda"), activation="silu")[0].view(1, 64, 1, 16)
     if variant == "deltanet":
         o, _ = fn(q, k, v, beta, **kw)
     elif variant == "gated_deltanet":
@@ -229,12 +227,6 @@ def probe_fla_kernel(fn, variant):
     else:
         o, _ = fn(q[:, :32], k, v, g, beta, num_householder=2, **kw)
     o.float().sum().backward()
-
-
-@functools.cache
-def fla_conv():
-    from fla.modules.causal_conv1d import causal_conv1d
-    return causal_conv1d
 
 
 @functools.cache
@@ -302,21 +294,15 @@ class DeltaAttention(nn.Module):
         # per delta step: the chunk's QKᵀ, KKᵀ, W, U and P·U products, and the state in and out
         return c.steps * 2 * c.n_head * (C * (3 * K + 2 * V) + 3 * K * V)
 
-    def _inputs(self, x, cache, fla=False):
+    def _inputs(self, x, cache):
         """Projections, convolutions and gates, in FLA's layout: q [B, T, H, K], k [B, T·n, H, K] and
         v [B, T·n, H, V] (n sub-tokens per token, in order), beta [B, T·n, H], log_alpha [B, T, H] or None.
-        q and k are not yet L2-normalised (FLA's kernels do it themselves, saving their float32 copies).
-        With `fla` the convolutions run in FLA's causal_conv1d, which convolves [B, T, C] as it is and
-        fuses the SiLU: ours transposes to [B, C, T] and back (results/h100/delta: 2.5 against 0.9 ms
-        of a layer's forward + backward at T = 65,536)."""
+        q and k are not yet L2-normalised (FLA's kernels do it themselves, saving their float32 copies)."""
         c = self.config
         B, T, _ = x.shape
         H, n = c.n_head, c.steps
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if c.use_short_conv and fla:
-            q, k, v = (fla_conv()(t, conv.weight[:, 0], activation="silu")[0]
-                       for conv, t in zip((self.q_conv, self.k_conv, self.v_conv), (q, k, v)))
-        elif c.use_short_conv:  # then SiLU; with a cache, each convolution reads and updates its last inputs
+        if c.use_short_conv:  # then SiLU; with a cache, each convolution reads and updates its last inputs
             convs, pasts = (self.q_conv, self.k_conv, self.v_conv), cache.conv if cache is not None else (None,) * 3
             q, k, v = (F.silu(conv(t, past)) for conv, t, past in zip(convs, (q, k, v), pasts))
         else:
@@ -351,12 +337,11 @@ class DeltaAttention(nn.Module):
         c = self.config
         B, T, _ = x.shape
         n = c.steps
-        fla = self.kernel_path(x.device.type) == "fla" and not return_attn
-        inputs = self._inputs(x, cache, fla=fla and cache is None)  # a cache keeps the convolutions' last inputs
+        inputs = self._inputs(x, cache)
         att = None
         if cache is not None and T == 1:
             o = self._step(*self._reference_inputs(*inputs), cache)
-        elif fla:
+        elif self.kernel_path(x.device.type) == "fla" and not return_attn:
             o, S = self._fla(*inputs, cache is not None)
             if cache is not None:
                 cache.S.copy_(S)

@@ -1,4 +1,4 @@
-# Sourced by the one-call GPU scripts beside it (checks.sh, followups.sh, delta/checks.sh):
+# Sourced by the one-call GPU scripts beside it (checks.sh, followups.sh):
 #   step NAME SECONDS COMMAND...
 # runs COMMAND under a time limit, its output to $dir/NAME.log, and appends its exit status and wall
 # seconds to $dir/steps.txt; a step that fails does not stop the others.
