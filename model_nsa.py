@@ -40,7 +40,9 @@ Paths (kernel_path):
               (SelectedAttention): each (token, K/V head) reads just its n blocks for the whole GQA
               group, as the paper's kernel does, and the backward inverts the selection so each
               block's dK/dV gathers the queries that chose it. Tiles that neighbouring queries'
-              different choices leave dense, which slow the flex path at long T, do not arise.
+              different choices leave dense, which slow the flex path at long T, do not arise. The
+              selection too runs in Triton (selection_triton): the group's compressed probabilities
+              summed in one kernel, without each head's scores in memory, the top n in another.
 Decoding keeps the full static KV cache (selection may reach anything) and the compressed keys and
 values, each written as its block completes; a step scores the compressed blocks, then gathers only
 the n selected blocks and the window from the cache.
@@ -568,6 +570,100 @@ class SelectedAttention(torch.autograd.Function):
         return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
+# -- the selection in Triton (use_triton): chosen_blocks without the [B, H, T, Tc] scores ----------------
+# selection_for_flex writes each head's float32 scores and softmax before the group's sum, then sorts
+# whole rows for the top n: at T = 65,536 (16 heads, 1,024 compressed blocks) some 8 ms of a 30 ms layer
+# step (results/h100/nsa). Here one kernel writes only the group's summed probabilities [B, Hkv, T, Tc]:
+# per tile of queries it finds each head's softmax normaliser in a first pass over the visible
+# compressed keys, then sums the heads' exp2(s - lse) in a second; a second kernel takes the n best of
+# each row by n rounds of max, with the forced and the future blocks set to +inf and -inf first.
+SEL_ROWS, SEL_KEYS = 32, 64  # query rows per program, compressed keys per step
+
+
+if triton is not None:
+    @triton.jit
+    def cmp_group_probs(Q, KC, LSE, P, T, T0, R, Tc, qk_scale, cmp_block, cmp_stride, G: tl.constexpr,
+                        D: tl.constexpr, BD: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr,
+                        PRECISION: tl.constexpr):
+        tb, bh = tl.program_id(0), tl.program_id(1)
+        r = tb * BQ + tl.arange(0, BQ)  # rows of this call, positions T0 + r
+        t, r_ok, d = T0 + r, r < R, tl.arange(0, BD)
+        last = tl.minimum(T0 + tb * BQ + BQ - 1, T0 + R - 1)
+        n_vis = tl.minimum(tl.where(last >= cmp_block - 1, (last - cmp_block + 1) // cmp_stride + 1, 0), Tc)
+        q_mask = r_ok[:, None] & (d[None, :] < D)
+        for g in range(G):  # each head's log2 normaliser over the blocks visible to each row
+            row = bh * G + g  # query head b·H + hk·G + g
+            q = tl.load(Q + (row * T + t[:, None]) * D + d[None, :], mask=q_mask, other=0.0)
+            m = tl.full([BQ], float("-inf"), tl.float32)
+            den = tl.zeros([BQ], tl.float32)
+            for c in range(0, n_vis, BC):
+                i = c + tl.arange(0, BC)
+                kc = tl.load(KC + (bh * Tc + i[:, None]) * D + d[None, :], mask=(i[:, None] < Tc) & (d[None, :] < D), other=0.0)
+                vis = (i[None, :] * cmp_stride + cmp_block - 1) <= t[:, None]
+                s = tl.where(vis, tl.dot(q, tl.trans(kc), input_precision=PRECISION) * qk_scale, float("-inf"))
+                m_new = tl.maximum(m, tl.max(s, 1))
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
+                den = den * tl.exp2(m - m_ref) + tl.sum(tl.exp2(s - m_ref[:, None]), 1)
+                m = m_new
+            tl.store(LSE + row * R + r, tl.where(den > 0, m + tl.log2(den), 0.0), mask=r_ok)
+        for c in range(0, n_vis, BC):  # the group's summed probabilities, written once
+            i = c + tl.arange(0, BC)
+            kc = tl.load(KC + (bh * Tc + i[:, None]) * D + d[None, :], mask=(i[:, None] < Tc) & (d[None, :] < D), other=0.0)
+            vis = (i[None, :] * cmp_stride + cmp_block - 1) <= t[:, None]
+            acc = tl.zeros([BQ, BC], tl.float32)
+            for g in range(G):
+                row = bh * G + g
+                q = tl.load(Q + (row * T + t[:, None]) * D + d[None, :], mask=q_mask, other=0.0)
+                lse = tl.load(LSE + row * R + r, mask=r_ok, other=0.0)
+                s = tl.dot(q, tl.trans(kc), input_precision=PRECISION) * qk_scale
+                acc += tl.where(vis, tl.exp2(s - lse[:, None]), 0.0)
+            tl.store(P + (bh * R + r[:, None]) * Tc + i[None, :], acc, mask=r_ok[:, None] & (i[None, :] < Tc))
+
+    @triton.jit
+    def top_blocks(X, IDX, T0, R, Tx, select_block, BR: tl.constexpr, BTS: tl.constexpr, N: tl.constexpr):
+        tb, bh = tl.program_id(0), tl.program_id(1)
+        r = tb * BR + tl.arange(0, BR)
+        r_ok, j = r < R, tl.arange(0, BTS)
+        x = tl.load(X + (bh * R + r[:, None]) * Tx + j[None, :], mask=r_ok[:, None] & (j[None, :] < Tx), other=0.0)
+        current = ((T0 + r) // select_block)[:, None]
+        forced = (j[None, :] == 0) | (j[None, :] == current) | (j[None, :] == current - 1)
+        x = tl.where(forced, float("inf"), tl.where(j[None, :] > current, float("-inf"), x))
+        for n in tl.static_range(N):
+            best, at = tl.max(x, 1), tl.argmax(x, 1)
+            tl.store(IDX + (bh * R + r) * N + n, tl.where(best == float("-inf"), -1, at), mask=r_ok)
+            x = tl.where(j[None, :] == at[:, None], float("-inf"), x)
+
+
+@torch.no_grad()
+def selection_triton(q, kc, config):
+    """selection_for_flex's block ids [B, Hkv, T, n] from the two kernels above, in row blocks of at most
+    SELECT_SCORES probabilities. The same set of blocks per query (the forced ones in index order)."""
+    B, H, T, D = q.shape
+    Hkv, Tc = kc.shape[1], kc.shape[2]
+    G, n_sel = H // Hkv, config.n_select_blocks(T)
+    N = min(config.select_count, n_sel)
+    q, kc = q.contiguous(), kc.contiguous()
+    identity = config.cmp_block == config.cmp_stride == config.select_block  # then block j's score is p_j
+    step = max(SEL_ROWS, SELECT_SCORES // (B * Hkv * max(1, Tc)))
+    BTS = triton.next_power_of_2(n_sel)
+    BR = max(1, min(16, 8192 // BTS))
+    out = []
+    for t0 in range(0, T, step):
+        R = min(step, T - t0)
+        p = torch.zeros(B, Hkv, R, Tc, device=q.device, dtype=torch.float32)
+        lse = torch.empty(B * H, R, device=q.device, dtype=torch.float32)
+        if Tc:
+            cmp_group_probs[(triton.cdiv(R, SEL_ROWS), B * Hkv)](
+                q, kc, lse, p, T, t0, R, Tc, LOG2E / math.sqrt(D), config.cmp_block, config.cmp_stride, G=G, D=D,
+                BD=max(16, triton.next_power_of_2(D)), BQ=SEL_ROWS, BC=SEL_KEYS,
+                PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+        x = p if identity else block_importance(p, n_sel, config).contiguous()
+        ids = torch.empty(B, Hkv, R, N, device=q.device, dtype=torch.int32)
+        top_blocks[(triton.cdiv(R, BR), B * Hkv)](x, ids, t0, R, x.shape[-1], config.select_block, BR=BR, BTS=BTS, N=N)
+        out.append(ids)
+    return torch.cat(out, dim=2)
+
+
 
 FLA_STATUS = {}  # None (runs) or the reason it cannot, probed once per process
 
@@ -710,7 +806,7 @@ class NSAAttention(model.CausalSelfAttention):
         cmp_mask = compressed_block_mask(T, c.cmp_block, c.cmp_stride, str(q.device))
         kc_, vc_ = (per_query_head(kc, self.n_head), per_query_head(vc, self.n_head)) if REPEAT_KV_CMP else (kc, vc)
         o_cmp = model_sparse.compiled_flex_attention(q, kc_, vc_, block_mask=cmp_mask, enable_gqa=kc_.shape[1] != self.n_head)
-        ids = selection_for_flex(q, kc, c)
+        ids = selection_triton(q, kc, c) if c.use_triton else selection_for_flex(q, kc, c)
         if c.use_triton:
             o_slc = SelectedAttention.apply(q, k, v, ids, c.select_block)
         else:

@@ -278,6 +278,18 @@ def test_selection_work_inverts_the_selection():
 SELECTED_CHECK = """
 import torch, model_nsa as M
 torch.manual_seed(0)
+# the selection kernels: the same blocks as chosen_blocks, for l = d = l' and overlapping blocks, with
+# rows scored in several calls, and n past the number of blocks
+for Hkv, G, T, D, l, d, ls, n, rows in ((2, 4, 200, 20, 16, 16, 16, 4, 0), (1, 3, 150, 16, 16, 8, 32, 3, 48),
+                                        (2, 2, 70, 8, 8, 4, 16, 8, 32)):
+    cfg = M.GPTConfig(n_embd=Hkv * G * D, n_head=Hkv * G, n_kv_head=Hkv, cmp_block=l, cmp_stride=d,
+                      select_block=ls, select_count=n, window=0, use_triton=True)
+    q = torch.randn(2, Hkv * G, T, D)
+    kc = M.compress(torch.randn(2, Hkv, T, D), cfg)
+    M.SELECT_SCORES = rows * 2 * Hkv * kc.shape[2] if rows else 2**28
+    fast, ref = M.selection_triton(q, kc, cfg), M.selection_for_flex(q, kc, cfg, compiled=False)
+    assert torch.equal(fast.long().sort(-1).values, ref.sort(-1).values), (Hkv, G, T)
+M.SELECT_SCORES = 2**28
 M.SLC_SEGMENT = 8  # several segments per block: their dK/dV are added atomically
 for Hkv, G, T, D, size, n in ((2, 4, 100, 20, 16, 4), (1, 1, 70, 16, 32, 3)):
     cfg = M.GPTConfig(n_embd=Hkv * G * D, n_head=Hkv * G, n_kv_head=Hkv, cmp_block=size // 2, cmp_stride=size // 4,
@@ -376,6 +388,28 @@ def test_gpu_triton_selected_branch_at_paper_sizes():
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
     for name, a, b in zip(("o", "dq", "dk", "dv"), fast, [ref, *torch.autograd.grad(ref, (q, k, v), go)]):
         assert ((a.float() - b).norm() / b.norm()).item() < 2e-2, name
+
+
+@pytest.mark.gpu
+def test_gpu_triton_selection_equals_chosen_blocks():
+    # paper sizes, bf16 queries and keys: the kernels' blocks against selection_for_flex's. Summation
+    # orders differ, so a near-tie may rank the other way: every row's chosen blocks must score the same
+    # (by the reference's importance) and nearly every row choose the same set
+    torch.manual_seed(0)
+    T, G, D, size, n = 4096, 16, 44, 64, 16
+    cfg = GPTConfig(n_embd=G * D, n_head=G, n_kv_head=1, cmp_block=size, cmp_stride=size, select_block=size,
+                    select_count=n, window=0, use_triton=True)
+    q = (2 * torch.randn(2, G, T, D, device="cuda")).bfloat16()
+    kc = model_nsa.compress(torch.randn(2, 1, T, D, device="cuda"), cfg).bfloat16()
+    fast, ref = model_nsa.selection_triton(q, kc, cfg).long(), model_nsa.selection_for_flex(q, kc, cfg)
+    same = (fast.sort(-1).values == ref.sort(-1).values).all(-1)
+    assert same.float().mean().item() > 0.99
+    pos = torch.arange(T, device="cuda")
+    p = model_nsa.cmp_probs(q, kc, pos, cfg).view(2, 1, G, T, -1).sum(2)
+    score = model_nsa.block_importance(p, cfg.n_select_blocks(T), cfg)
+    def chosen_score(ids):
+        return score.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, 0).sum(-1)
+    torch.testing.assert_close(chosen_score(fast), chosen_score(ref), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.gpu
