@@ -606,6 +606,7 @@ if triton is not None:
                 den = den * tl.exp2(m - m_ref) + tl.sum(tl.exp2(s - m_ref[:, None]), 1)
                 m = m_new
             tl.store(LSE + row * R + r, tl.where(den > 0, m + tl.log2(den), 0.0), mask=r_ok)
+        tl.debug_barrier()  # the normalisers just stored are read below by other threads of this program
         for c in range(0, n_vis, BC):  # the group's summed probabilities, written once
             i = c + tl.arange(0, BC)
             kc = tl.load(KC + (bh * Tc + i[:, None]) * D + d[None, :], mask=(i[:, None] < Tc) & (d[None, :] < D), other=0.0)

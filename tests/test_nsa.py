@@ -366,14 +366,19 @@ def test_gpu_fast_path_equals_reference(shape):
     assert_fast_path_matches_reference(model, ("use_fla", "use_flex"), idx, model.transformer.h[0].attn.c_attn.weight)
 
 
+def paper_sized_triton(G, D, size, n=16):
+    """The paper's blocks (l = d = l', n = 16), G query heads of D on one K/V head, no window."""
+    return GPTConfig(n_embd=G * D, n_head=G, n_kv_head=1, cmp_block=size, cmp_stride=size, select_block=size,
+                     select_count=n, window=0, use_triton=True)
+
+
 @pytest.mark.gpu
 def test_gpu_triton_selected_branch_at_paper_sizes():
     # l' = 64, n = 16, 16 query heads of 44 on one K/V head, T = 2048: bf16 kernels against float32 SDPA
     # with the selection as a mask, forward and gradients
     torch.manual_seed(0)
-    T, G, D, size, n = 2048, 16, 44, 64, 16
-    cfg = GPTConfig(n_embd=G * D, n_head=G, n_kv_head=1, cmp_block=size, cmp_stride=size, select_block=size,
-                    select_count=n, window=0, use_triton=True)
+    T, G, D, size = 2048, 16, 44, 64
+    cfg = paper_sized_triton(G, D, size)
     q = torch.randn(2, G, T, D, device="cuda")
     k, v = (torch.randn(2, 1, T, D, device="cuda") for _ in range(2))
     ids = model_nsa.selection_for_flex(q, model_nsa.compress(k, cfg), cfg)
@@ -396,9 +401,8 @@ def test_gpu_triton_selection_equals_chosen_blocks():
     # orders differ, so a near-tie may rank the other way: every row's chosen blocks must score the same
     # (by the reference's importance) and nearly every row choose the same set
     torch.manual_seed(0)
-    T, G, D, size, n = 4096, 16, 44, 64, 16
-    cfg = GPTConfig(n_embd=G * D, n_head=G, n_kv_head=1, cmp_block=size, cmp_stride=size, select_block=size,
-                    select_count=n, window=0, use_triton=True)
+    T, G, D = 4096, 16, 44
+    cfg = paper_sized_triton(G, D, 64)
     q = (2 * torch.randn(2, G, T, D, device="cuda")).bfloat16()
     kc = model_nsa.compress(torch.randn(2, 1, T, D, device="cuda"), cfg).bfloat16()
     fast, ref = model_nsa.selection_triton(q, kc, cfg).long(), model_nsa.selection_for_flex(q, kc, cfg)
