@@ -336,6 +336,40 @@ def test_triton_selected_branch_equals_masked_attention_interpreted():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
+# the kernels at the paper's sizes (16 query heads of 44 on one K/V head, blocks of 64, n = 16), by name
+KERNEL_CONSTANTS = {
+    "slc_fwd": dict(G=16, D=44, BG=16, BD=64, BS=64, N=16),
+    "slc_bwd_dq": dict(G=16, D=44, BG=16, BD=64, BS=64, N=16),
+    "slc_bwd_dkdv": dict(G=16, D=44, BG=16, BD=64, BS=64, N=16, R=128),
+    "cmp_group_probs": dict(G=16, D=44, BD=64, BQ=32, BC=64, PRECISION="tf32"),
+    "top_blocks": dict(BR=8, BTS=1024, N=16),
+}
+FLOAT32_POINTERS, INT32_POINTERS = {"LSE", "DELTA", "DK", "DV", "P", "X"}, {"IDX", "TOKENS", "WORK"}
+INT32_SIZES = {"T", "T0", "W", "R"}  # upper-case arguments that are not pointers
+
+
+def test_triton_kernels_compile_for_an_h100():
+    # Triton compiles for a GPU it does not have (its own ptxas): what would fail only on the device,
+    # shared memory, layouts, types, fails here (with this machine's Triton, not necessarily the
+    # device's). Pointers are the upper-case arguments but the sizes.
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    for name, constants in KERNEL_CONSTANTS.items():
+        fn, signature = getattr(model_nsa, name), {}
+        for param in fn.params:
+            arg = param.name
+            signature[arg] = ("constexpr" if param.is_constexpr else "*fp32" if arg in FLOAT32_POINTERS
+                              else "*i32" if arg in INT32_POINTERS else "*bf16" if arg.isupper() and arg not in INT32_SIZES
+                              else "fp32" if arg.endswith("scale") else "i32")
+        try:
+            kernel = triton.compile(ASTSource(fn, signature, constants), target=GPUTarget("cuda", 90, 32))
+        except RuntimeError as e:  # a Triton built without its CUDA backend's tools
+            pytest.skip(f"Triton cannot compile for CUDA here: {e}")
+        assert kernel.asm["cubin"], name
+        assert kernel.metadata.shared <= 232448, (name, kernel.metadata.shared)  # an H100's shared memory per block
+
+
 def test_triton_path_needs_a_power_of_two_block():
     with pytest.raises(ValueError, match="power of two"):
         GPTConfig(cmp_block=8, cmp_stride=8, select_block=24, use_triton=True)
