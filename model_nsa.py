@@ -643,7 +643,7 @@ def selection_triton(q, kc, config):
     Hkv, Tc = kc.shape[1], kc.shape[2]
     G, n_sel = H // Hkv, config.n_select_blocks(T)
     N = min(config.select_count, n_sel)
-    q, kc = q.contiguous(), kc.contiguous()
+    q, kc = q.contiguous(), kc.to(q.dtype).contiguous()  # one dtype for tl.dot
     identity = config.cmp_block == config.cmp_stride == config.select_block  # then block j's score is p_j
     step = max(SEL_ROWS, SELECT_SCORES // (B * Hkv * max(1, Tc)))
     BTS = triton.next_power_of_2(n_sel)
