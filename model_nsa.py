@@ -582,6 +582,14 @@ SEL_ROWS, SEL_KEYS = 32, 64  # query rows per program, compressed keys per step
 
 if triton is not None:
     @triton.jit
+    def cmp_keys(KC, bh, c, Tc, t, cmp_block, cmp_stride, D: tl.constexpr, BD: tl.constexpr, BC: tl.constexpr):
+        """Compressed keys c .. c + BC - 1 of K/V head bh: their indices, the keys, and which of them each
+        query at t sees (block i complete by t)."""
+        i, d = c + tl.arange(0, BC), tl.arange(0, BD)
+        kc = tl.load(KC + (bh * Tc + i[:, None]) * D + d[None, :], mask=(i[:, None] < Tc) & (d[None, :] < D), other=0.0)
+        return i, kc, (i[None, :] * cmp_stride + cmp_block - 1) <= t[:, None]
+
+    @triton.jit
     def cmp_group_probs(Q, KC, LSE, P, T, T0, R, Tc, qk_scale, cmp_block, cmp_stride, G: tl.constexpr,
                         D: tl.constexpr, BD: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr,
                         PRECISION: tl.constexpr):
@@ -597,9 +605,7 @@ if triton is not None:
             m = tl.full([BQ], float("-inf"), tl.float32)
             den = tl.zeros([BQ], tl.float32)
             for c in range(0, n_vis, BC):
-                i = c + tl.arange(0, BC)
-                kc = tl.load(KC + (bh * Tc + i[:, None]) * D + d[None, :], mask=(i[:, None] < Tc) & (d[None, :] < D), other=0.0)
-                vis = (i[None, :] * cmp_stride + cmp_block - 1) <= t[:, None]
+                i, kc, vis = cmp_keys(KC, bh, c, Tc, t, cmp_block, cmp_stride, D, BD, BC)
                 s = tl.where(vis, tl.dot(q, tl.trans(kc), input_precision=PRECISION) * qk_scale, float("-inf"))
                 m_new = tl.maximum(m, tl.max(s, 1))
                 m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet
@@ -608,9 +614,7 @@ if triton is not None:
             tl.store(LSE + row * R + r, tl.where(den > 0, m + tl.log2(den), 0.0), mask=r_ok)
         tl.debug_barrier()  # the normalisers just stored are read below by other threads of this program
         for c in range(0, n_vis, BC):  # the group's summed probabilities, written once
-            i = c + tl.arange(0, BC)
-            kc = tl.load(KC + (bh * Tc + i[:, None]) * D + d[None, :], mask=(i[:, None] < Tc) & (d[None, :] < D), other=0.0)
-            vis = (i[None, :] * cmp_stride + cmp_block - 1) <= t[:, None]
+            i, kc, vis = cmp_keys(KC, bh, c, Tc, t, cmp_block, cmp_stride, D, BD, BC)
             acc = tl.zeros([BQ, BC], tl.float32)
             for g in range(G):
                 row = bh * G + g
@@ -807,11 +811,10 @@ class NSAAttention(model.CausalSelfAttention):
         cmp_mask = compressed_block_mask(T, c.cmp_block, c.cmp_stride, str(q.device))
         kc_, vc_ = (per_query_head(kc, self.n_head), per_query_head(vc, self.n_head)) if REPEAT_KV_CMP else (kc, vc)
         o_cmp = model_sparse.compiled_flex_attention(q, kc_, vc_, block_mask=cmp_mask, enable_gqa=kc_.shape[1] != self.n_head)
-        ids = selection_triton(q, kc, c) if c.use_triton else selection_for_flex(q, kc, c)
         if c.use_triton:
-            o_slc = SelectedAttention.apply(q, k, v, ids, c.select_block)
+            o_slc = SelectedAttention.apply(q, k, v, selection_triton(q, kc, c), c.select_block)
         else:
-            sel = blocks_as_mask(ids, c.n_select_blocks(T))
+            sel = blocks_as_mask(selection_for_flex(q, kc, c), c.n_select_blocks(T))
             o_slc = selected_flex(q, k, v, sel, tile_mask_from_selection(sel, c), c.select_block)
         o_win = window_attention(q, k, v, c) if c.window else torch.zeros_like(o_slc)
         return combine((o_cmp, o_slc, o_win), gates)
