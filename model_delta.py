@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 import model
 
@@ -260,17 +261,15 @@ class DeltaAttention(nn.Module):
         super().__init__()
         self.config = config
         H, K, V, n, C = config.n_head, config.k_dim, config.v_dim, config.steps, config.n_embd
-        self.q_proj = nn.Linear(C, H * K, bias=False)
-        self.k_proj = nn.Linear(C, n * H * K, bias=False)
-        self.v_proj = nn.Linear(C, n * H * V, bias=False)
-        self.b_proj = nn.Linear(C, n * H, bias=False)
+        # q, k, v, β (and the gated variants' decay a and output gate g) in one projection: one matmul, and
+        # one bf16 copy of x kept for its backward instead of one per projection under autocast
+        self.sizes = [H * K, n * H * K, n * H * V, n * H] + ([H, H * V] if config.gated else [])
+        self.c_attn = nn.Linear(C, sum(self.sizes), bias=False)
         if config.use_short_conv:  # the backbone's convolution, with nn.Conv1d's initialisation
-            self.q_conv, self.k_conv, self.v_conv = (model.ShortConv(c, config.conv_size) for c in (H * K, n * H * K, n * H * V))
+            self.q_conv, self.k_conv, self.v_conv = (model.ShortConv(c, config.conv_size) for c in self.sizes[:3])
             for conv in (self.q_conv, self.k_conv, self.v_conv):
                 nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
         if config.gated:
-            self.a_proj = nn.Linear(C, H, bias=False)
-            self.g_proj = nn.Linear(C, H * V, bias=False)
             # Mamba-2's decay init: A ~ U(0, 16), dt log-uniform in [1e-3, 0.1], dt_bias = softplus⁻¹(dt)
             self.A_log = nn.Parameter(torch.empty(H).uniform_(0, 16).log())
             dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
@@ -281,6 +280,13 @@ class DeltaAttention(nn.Module):
 
     def new_cache(self, batch_size, device, dtype):
         return DeltaState(batch_size, self.config, device, dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the projections were fused hold q_proj, k_proj, ... weights: stacked
+        old = [f"{prefix}{name}_proj.weight" for name in "qkvbag"[:len(self.sizes)]]
+        if f"{prefix}c_attn.weight" not in state_dict and all(name in state_dict for name in old):
+            state_dict[f"{prefix}c_attn.weight"] = torch.cat([state_dict.pop(name) for name in old])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def kernel_path(self, device_type):
         if device_type != "cuda" or not self.config.use_fla:
@@ -296,21 +302,32 @@ class DeltaAttention(nn.Module):
 
     def _inputs(self, x, cache):
         """Projections, convolutions and gates, in FLA's layout: q [B, T, H, K], k [B, T·n, H, K] and
-        v [B, T·n, H, V] (n sub-tokens per token, in order), beta [B, T·n, H], log_alpha [B, T, H] or None.
-        q and k are not yet L2-normalised (FLA's kernels do it themselves, saving their float32 copies)."""
+        v [B, T·n, H, V] (n sub-tokens per token, in order), beta [B, T·n, H], log_alpha [B, T, H] or None;
+        and the output gate's input g [B, T, H·V] or None. q and k are not yet L2-normalised (FLA's kernels
+        do it themselves, saving their float32 copies)."""
         c = self.config
         B, T, _ = x.shape
         H, n = c.n_head, c.steps
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if c.use_short_conv:  # then SiLU; with a cache, each convolution reads and updates its last inputs
-            convs, pasts = (self.q_conv, self.k_conv, self.v_conv), cache.conv if cache is not None else (None,) * 3
-            q, k, v = (F.silu(conv(t, past)) for conv, t, past in zip(convs, (q, k, v), pasts))
-        else:
-            q, k, v = F.silu(q), F.silu(k), F.silu(v)
+        q, k, v, b, *gates = self.c_attn(x).split(self.sizes, dim=-1)
+        if cache is not None or not c.use_short_conv:
+            q, k, v = self._convolve(q, k, v, cache)
+        else:  # the backward recomputes the convolutions rather than keeping their padded inputs and outputs
+            q, k, v = recompute(self._convolve, q, k, v)
         wide = model.wide_dtype(x.dtype)
-        beta = torch.sigmoid(self.b_proj(x).to(wide)).view(B, T * n, H) * (2.0 if c.allow_neg_eigval else 1.0)
-        log_alpha = -self.A_log.exp() * F.softplus(self.a_proj(x).to(wide) + self.dt_bias) if c.gated else None
-        return (q.view(B, T, H, -1), k.reshape(B, T * n, H, -1), v.reshape(B, T * n, H, -1), beta, log_alpha)
+        beta = torch.sigmoid(b.to(wide)).view(B, T * n, H) * (2.0 if c.allow_neg_eigval else 1.0)
+        log_alpha, g = None, None
+        if c.gated:
+            a, g = gates
+            log_alpha = -self.A_log.exp() * F.softplus(a.to(wide) + self.dt_bias)
+        return (q.view(B, T, H, -1), k.reshape(B, T * n, H, -1), v.reshape(B, T * n, H, -1), beta, log_alpha), g
+
+    def _convolve(self, q, k, v, cache=None):
+        """SiLU of q, k and v, each after its short convolution; with a cache, each convolution reads and
+        updates its last inputs."""
+        if not self.config.use_short_conv:
+            return F.silu(q), F.silu(k), F.silu(v)
+        convs, pasts = (self.q_conv, self.k_conv, self.v_conv), cache.conv if cache is not None else (None,) * 3
+        return tuple(F.silu(conv(t, past)) for conv, t, past in zip(convs, (q, k, v), pasts))
 
     def _reference_inputs(self, q, k, v, beta, log_alpha):
         """The same, L2-normalised and q scaled by 1/√K, in at least float32, as [B, H, T(·n), d]."""
@@ -337,7 +354,7 @@ class DeltaAttention(nn.Module):
         c = self.config
         B, T, _ = x.shape
         n = c.steps
-        inputs = self._inputs(x, cache)
+        inputs, g = self._inputs(x, cache)
         att = None
         if cache is not None and T == 1:
             o = self._step(*self._reference_inputs(*inputs), cache)
@@ -356,7 +373,7 @@ class DeltaAttention(nn.Module):
             if return_attn:
                 M = implied_attention(qe, k, beta, lae)[:, :, n - 1::n]
                 att = M.reshape(B, c.n_head, T, T, n).sum(-1)  # weight of each token's n values, summed
-        y = self._output(o, x)
+        y = recompute(self._output, o, g, x.dtype) if cache is None else self._output(o, g, x.dtype)
         return self.resid_dropout(self.c_proj(y)), att
 
     def _fla(self, q, k, v, beta, log_alpha, want_state):
@@ -382,15 +399,24 @@ class DeltaAttention(nn.Module):
             S.add_(kt[..., None] * u[..., None, :])
         return (q[:, :, 0, :, None] * S).sum(-2)[:, :, None]
 
-    def _output(self, o, x):
-        """RMS-normalise each head (× SiLU of the output gate when gated); [B, H, T, V] -> [B, T, H·V]."""
+    def _output(self, o, g, dtype):
+        """RMS-normalise each head (× SiLU of the output gate g when gated); [B, H, T, V] -> [B, T, H·V].
+        Elementwise and recomputed in the backward: only o and g are kept for it, not float32 copies."""
         B, H, T, V = o.shape
         o = o.transpose(1, 2)
         o = F.rms_norm(o if o.dtype == torch.float64 else o.float(), (V,), eps=1e-5)
         o = o * self.o_norm.to(o.dtype)
-        if self.config.gated:
-            o = o * F.silu(self.g_proj(x).view(B, T, H, V).to(o.dtype))
-        return o.reshape(B, T, H * V).to(x.dtype)
+        if g is not None:
+            o = o * F.silu(g.view(B, T, H, V).to(o.dtype))
+        return o.reshape(B, T, H * V).to(dtype)
+
+
+def recompute(fn, *args):
+    """fn(*args), with its intermediates recomputed in the backward instead of kept (activation
+    checkpointing); plainly when no gradient is being taken."""
+    if not torch.is_grad_enabled():
+        return fn(*args)
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
 
 
 class GPT(model.GPT):

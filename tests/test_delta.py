@@ -134,6 +134,77 @@ def test_parameter_counts_are_measured_on_the_module():
         assert abs(n / vanilla - 1) < 0.03, (kw, n, vanilla)
 
 
+def kept_for_backward(fn):
+    """{storage: (bytes, dtype)} of what autograd keeps for the backward of fn()."""
+    kept = {}
+
+    def pack(t):
+        kept[t.untyped_storage().data_ptr()] = (t.untyped_storage().nbytes(), t.dtype)
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return kept
+
+
+class KernelStandIn(torch.autograd.Function):
+    """In place of FLA's kernel on the CPU: an output of the right shape, nothing kept."""
+
+    @staticmethod
+    def forward(ctx, q, v):
+        return v.new_zeros(*q.shape[:3], v.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_around_the_kernel_the_layer_keeps_no_convolution_or_float32_copy(variant, monkeypatch):
+    # the convolutions, SiLUs and the output norm are recomputed in the backward: with the convolutions on,
+    # the FLA path keeps the same bytes as with them off, and no float32 copy of q, k, v or the output
+    monkeypatch.setattr(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "fla")
+    monkeypatch.setattr(model_delta, "fla_kernel", lambda v: lambda q, k, v, *a, **kw: (KernelStandIn.apply(q, v), None))
+    B, T, C = 2, 64, 32
+    x = torch.randn(B, T, C) * 1.0  # not a leaf, as in the model: autocast casts it for each use
+    kept = {}
+    for conv in (True, False):
+        attn = GPT(GPTConfig(block_size=T, vocab_size=11, n_layer=1, n_head=4, n_embd=C, variant=variant,
+                             use_short_conv=conv)).transformer.h[0].attn
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            kept[conv] = kept_for_backward(lambda: attn(x.requires_grad_(), torch.arange(T)))
+    assert sum(b for b, _ in kept[True].values()) == sum(b for b, _ in kept[False].values())
+    assert all(b < B * T * C * 4 for b, dtype in kept[True].values() if dtype == torch.float32)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_recomputing_in_the_backward_gives_the_same_gradients(case, monkeypatch):
+    m = tiny(**case).train()
+    idx = torch.randint(0, 11, (2, 16))
+    grads = []
+    for recompute in (model_delta.recompute, lambda fn, *args: fn(*args)):
+        monkeypatch.setattr(model_delta, "recompute", recompute)
+        m.zero_grad()
+        m(idx, idx)[1].backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_checkpoints_from_before_the_fused_projection_load():
+    m = tiny(variant="gated_deltanet")
+    state = m.state_dict()
+    for i in range(2):  # the old layout: one weight per projection
+        attn, prefix = m.transformer.h[i].attn, f"transformer.h.{i}.attn."
+        for name, w in zip("qkvbag", state.pop(prefix + "c_attn.weight").split(attn.sizes)):
+            state[f"{prefix}{name}_proj.weight"] = w
+    fresh = tiny(variant="gated_deltanet")
+    with torch.no_grad():
+        fresh.transformer.h[0].attn.c_attn.weight.zero_()
+    fresh.load_state_dict(state)
+    idx = torch.randint(0, 11, (2, 16))
+    assert torch.equal(fresh(idx)[0], m(idx)[0])
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(variant="mamba"), "variant must be one of"),
     (dict(num_householder=0), "num_householder must be >= 1"),
@@ -171,7 +242,7 @@ def test_gpu_fla_equals_reference(variant):
     m = GPT(GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_head=4, n_embd=256, variant=variant)).cuda()
     assert m.kernel_paths("cuda") == ["fla"]
     idx = torch.randint(0, 65, (4, 1024), device="cuda")
-    assert_fast_path_matches_reference(m, "use_fla", idx, m.transformer.h[0].attn.k_proj.weight)
+    assert_fast_path_matches_reference(m, "use_fla", idx, m.transformer.h[0].attn.c_attn.weight)
 
 
 @pytest.mark.gpu
