@@ -31,8 +31,11 @@ so everything but the S recurrence across chunks is batched matrix work: O(T·C�
 T×T. That recurrence is affine in S, S' = M S + D with M = Γ_C I - (K ⊙ Γ_C/Γ)ᵀ W, so at long T
 it is solved as a scan over chunks (pairs composed, log₂ of the chunk count levels) instead of one
 small step per chunk. On CUDA the same function runs in flash-linear-attention's chunk kernels
-(bf16). FLA's gated kernels refuse some setups (Triton >= 3.4, < 3.7.1 on Hopper); the layer then
-falls back to the PyTorch form with one warning, and kernel_path says 'pytorch-fallback'.
+(bf16); DeltaNet's are wrapped as a PyTorch operator, so torch.compile and CUDA graphs take them in
+whole. The layer keeps one bf16 copy of its input and its projections for the backward and recomputes
+the convolutions and the output norm there. FLA's gated kernels refuse some setups (Triton >= 3.4,
+< 3.7.1 on Hopper); the layer then falls back to the PyTorch form with one warning, and kernel_path
+says 'pytorch-fallback'.
 
 Decoding carries S (and the last conv_size-1 projections for the convolutions): constant memory
 and time per token. With learned positions the context is capped at block_size like softmax's;
@@ -242,6 +245,72 @@ def fla_kernel(variant):
     return chunk_gated_delta_product
 
 
+# FLA's entry point (chunk_delta_rule) is a graph break under torch.compile, so a compiled training step
+# still paid FLA's Python for each of its launches, about 8 ms a DeltaNet layer forward and backward at
+# the baby GPT's sizes (results/h100/delta). Here the same forward and backward functions that FLA's
+# autograd.Function calls (flash-linear-attention 0.6.0, pinned) are one PyTorch operator each: they stay
+# in the compiled graph, and a CUDA-graph step (compile_mode='reduce-overhead') replays their launches.
+
+@functools.cache
+def fla_delta_parts():
+    """(l2norm_fwd, chunk_delta_rule_fwd, chunk_delta_rule_bwd, l2norm_bwd) from flash-linear-attention."""
+    from fla.modules.norm.l2norm import l2norm_bwd, l2norm_fwd
+    from fla.ops.delta_rule.chunk import chunk_delta_rule_bwd, chunk_delta_rule_fwd
+    return l2norm_fwd, chunk_delta_rule_fwd, chunk_delta_rule_bwd, l2norm_bwd
+
+
+@torch.library.custom_op("attention_lab::fla_delta_rule", mutates_args=())
+def fla_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                   scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DeltaNet from a zero state, q and k L2-normalised in the kernel, [B, T, H, d] in and out: o, and
+    what the backward keeps (as FLA keeps it): the normalised q and k, their 1/norms, the chunks' (I + A)⁻¹."""
+    l2norm_fwd, fwd, _, _ = fla_delta_parts()
+    q, q_rstd = l2norm_fwd(q.contiguous())
+    k, k_rstd = l2norm_fwd(k.contiguous())
+    o, A, _ = fwd(q, k, v.contiguous(), beta.contiguous(), scale, None, False)
+    return o.to(q.dtype), q, q_rstd, k, k_rstd, A
+
+
+@fla_delta_rule.register_fake
+def _(q, k, v, beta, scale):
+    rstd = q.new_empty(q.shape[:-1], dtype=torch.float32)
+    A = k.new_empty(*k.shape[:-1], 64)  # FLA's chunk: 64 tokens
+    return q.new_empty(*q.shape[:-1], v.shape[-1]), dense_like(q), rstd, dense_like(k), rstd.clone(), A
+
+
+@torch.library.custom_op("attention_lab::fla_delta_rule_bwd", mutates_args=())
+def fla_delta_rule_bwd(do: torch.Tensor, q: torch.Tensor, q_rstd: torch.Tensor, k: torch.Tensor, k_rstd: torch.Tensor,
+                       v: torch.Tensor, beta: torch.Tensor, A: torch.Tensor,
+                       scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    _, _, bwd, l2norm_bwd = fla_delta_parts()
+    v, beta = v.contiguous(), beta.contiguous()
+    dq, dk, dv, dbeta, _ = bwd(q, k, v, beta, A, scale, None, do.contiguous(), None)
+    return (l2norm_bwd(q, q_rstd, dq).to(q.dtype), l2norm_bwd(k, k_rstd, dk).to(k.dtype), dv.to(v.dtype),
+            dbeta.to(beta.dtype))
+
+
+@fla_delta_rule_bwd.register_fake
+def _(do, q, q_rstd, k, k_rstd, v, beta, A, scale):
+    return dense_like(q), dense_like(k), dense_like(v), dense_like(beta)
+
+
+def dense_like(t):  # FLA's outputs are contiguous whatever its inputs' strides
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
+def _keep_for_backward(ctx, inputs, output):
+    _, _, v, beta, ctx.scale = inputs
+    _, q, q_rstd, k, k_rstd, A = output
+    ctx.save_for_backward(q, q_rstd, k, k_rstd, v, beta, A)
+
+
+def _fla_delta_rule_backward(ctx, do, *unused):  # the grads of the kept tensors: none flows, they are not used
+    return *fla_delta_rule_bwd(do, *ctx.saved_tensors, ctx.scale), None
+
+
+fla_delta_rule.register_autograd(_fla_delta_rule_backward, setup_context=_keep_for_backward)
+
+
 # -----------------------------------------------------------------------------
 # the attention module
 
@@ -381,7 +450,9 @@ class DeltaAttention(nn.Module):
         lp = torch.bfloat16 if q.dtype == torch.float32 else q.dtype  # FLA's chunk kernels refuse float32
         q, k, v, beta = (t.to(lp).contiguous() for t in (q, k, v, beta))
         kwargs = dict(scale=self.config.k_dim ** -0.5, output_final_state=want_state, use_qk_l2norm_in_kernel=True)
-        if variant == "deltanet":
+        if variant == "deltanet" and not want_state:  # training: the operator above, no graph break
+            o, S = fla_delta_rule(q, k, v, beta, kwargs["scale"])[0], None
+        elif variant == "deltanet":
             o, S = fla_kernel(variant)(q, k, v, beta, **kwargs)
         elif variant == "gated_deltanet":
             o, S = fla_kernel(variant)(q, k, v, log_alpha.float().contiguous(), beta, **kwargs)

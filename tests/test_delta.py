@@ -164,6 +164,7 @@ def test_around_the_kernel_the_layer_keeps_no_convolution_or_float32_copy(varian
     # the FLA path keeps the same bytes as with them off, and no float32 copy of q, k, v or the output
     monkeypatch.setattr(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "fla")
     monkeypatch.setattr(model_delta, "fla_kernel", lambda v: lambda q, k, v, *a, **kw: (KernelStandIn.apply(q, v), None))
+    monkeypatch.setattr(model_delta, "fla_delta_rule", lambda q, k, v, beta, scale: (KernelStandIn.apply(q, v),))
     B, T, C = 2, 64, 32
     x = torch.randn(B, T, C) * 1.0  # not a leaf, as in the model: autocast casts it for each use
     kept = {}
@@ -229,6 +230,61 @@ def test_trains_through_the_runner(shakespeare, tmp_path):
     assert val[-1] < val[0] - 0.9
 
 
+# -- FLA's DeltaNet as PyTorch operators: the plumbing, with FLA's four functions stood in for on the CPU
+
+def l2norm_fwd(x):  # as FLA's, y = x / |x| and 1/|x| in float32, without its 1e-6 under the root
+    rstd = x.pow(2).sum(-1).rsqrt()
+    return x * rstd[..., None], rstd.float()
+
+
+def l2norm_bwd(y, rstd, dy):
+    return (dy - y * (dy * y).sum(-1, keepdim=True)) * rstd[..., None].to(y.dtype)
+
+
+def delta_fwd(q, k, v, beta, scale, initial_state, output_final_state):
+    o, _ = recurrent_delta_rule(*(t.transpose(1, 2) for t in (q * scale, k, v, beta)))
+    return o.transpose(1, 2).to(v.dtype).contiguous(), k.new_zeros(*k.shape[:-1], 64), None  # A: unused by delta_bwd
+
+
+def delta_bwd(q, k, v, beta, A, scale, initial_state, do, dht):  # func.vjp: an operator's body runs below autograd
+    _, vjp = torch.func.vjp(lambda *qkvb: delta_fwd(*qkvb, scale, None, False)[0], q, k, v, beta)
+    return *(g.contiguous() for g in vjp(do)), None
+
+
+@pytest.fixture
+def fla_on_the_cpu(monkeypatch):
+    """The layer takes its FLA path on the CPU, FLA's functions replaced by the reference above."""
+    monkeypatch.setattr(model_delta, "fla_delta_parts", lambda: (l2norm_fwd, delta_fwd, delta_bwd, l2norm_bwd))
+    monkeypatch.setattr(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "fla")
+
+
+def test_fla_operator_passes_torch_opcheck(fla_on_the_cpu):
+    # schema, fake tensors (what torch.compile traces with) against the real outputs, autograd registration
+    q, k, v = (torch.randn(2, 70, 3, 8, dtype=torch.double, requires_grad=True) for _ in range(3))
+    beta = torch.rand(2, 70, 3, dtype=torch.double, requires_grad=True)
+    torch.library.opcheck(model_delta.fla_delta_rule, (q, k, v, beta, 0.35))
+
+
+def test_the_fla_operator_path_equals_the_reference_and_compiles_without_a_graph_break(fla_on_the_cpu):
+    m = tiny(variant="deltanet").train()
+    idx = torch.randint(0, 11, (2, 16))
+    runs = []
+    for fn in (m, torch.compile(m, backend="aot_eager", fullgraph=True)):
+        m.zero_grad()
+        logits, loss = fn(idx, idx)
+        loss.backward()
+        runs.append((logits, [p.grad.clone() for p in m.parameters()]))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "pytorch")
+        m.zero_grad()
+        logits, loss = m(idx, idx)
+        loss.backward()
+    for got_logits, got_grads in runs:
+        torch.testing.assert_close(got_logits, logits, rtol=0, atol=1e-10)
+        for a, b in zip(got_grads, (p.grad for p in m.parameters())):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # the backward's 1/|x| is float32
+
+
 # -- GPU: flash-linear-attention against the PyTorch path (run on the device machine) -------------
 
 @pytest.mark.gpu
@@ -243,6 +299,39 @@ def test_gpu_fla_equals_reference(variant):
     assert m.kernel_paths("cuda") == ["fla"]
     idx = torch.randint(0, 65, (4, 1024), device="cuda")
     assert_fast_path_matches_reference(m, "use_fla", idx, m.transformer.h[0].attn.c_attn.weight)
+
+
+@pytest.mark.gpu
+def test_gpu_fla_operator_passes_torch_opcheck():
+    # FLA's real outputs against the shapes, dtypes and strides torch.compile is told to expect
+    pytest.importorskip("fla")
+    if model_delta.fla_status("deltanet") is not None:
+        pytest.skip(model_delta.fla_status("deltanet"))
+    q, k, v = (torch.randn(2, 200, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    beta = torch.rand(2, 200, 4, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    torch.library.opcheck(model_delta.fla_delta_rule, (q, k, v, beta, 0.125))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_gpu_compiled_fla_path_equals_eager(mode):
+    # compiled, FLA's kernels sit inside the graph (no break), and under reduce-overhead inside a CUDA graph
+    pytest.importorskip("fla")
+    if model_delta.fla_status("deltanet") is not None:
+        pytest.skip(model_delta.fla_status("deltanet"))
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=256, vocab_size=65, n_layer=2, n_head=4, n_embd=128, variant="deltanet")).cuda()
+    idx = torch.randint(0, 65, (8, 256), device="cuda")
+    compiled = torch.compile(m, mode=mode)
+    outs = []
+    for fn in (m, compiled, compiled, compiled):  # CUDA graphs are recorded on a later call than the first
+        m.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits, loss = fn(idx, idx)
+        loss.backward()
+        outs.append((logits.float(), m.transformer.h[0].attn.c_attn.weight.grad.clone()))
+    for a, b in zip(outs[0], outs[-1]):
+        assert ((a - b).norm() / b.norm()).item() < 2e-2
 
 
 @pytest.mark.gpu

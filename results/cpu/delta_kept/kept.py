@@ -40,6 +40,7 @@ def kept_bytes(attn, x):
 
 model_delta.DeltaAttention.kernel_path = lambda self, device_type: "fla"
 model_delta.fla_kernel = lambda variant: lambda q, k, v, *a, **kw: (KernelStandIn.apply(q, v), None)
+model_delta.fla_delta_rule = lambda q, k, v, beta, scale: (KernelStandIn.apply(q, v),)  # DeltaNet's, since 4639b3c
 T = 4096
 x = torch.randn(1, T, 384, requires_grad=True) * 1.0
 print("| variant | short convolutions | bytes per token | MiB at 65,536 tokens |\n|---|---|---|---|")
