@@ -265,9 +265,10 @@ def fla_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torc
     """DeltaNet from a zero state, q and k L2-normalised in the kernel, [B, T, H, d] in and out: o, and
     what the backward keeps (as FLA keeps it): the normalised q and k, their 1/norms, the chunks' (I + A)⁻¹."""
     l2norm_fwd, fwd, _, _ = fla_delta_parts()
-    q, q_rstd = l2norm_fwd(q.contiguous())
-    k, k_rstd = l2norm_fwd(k.contiguous())
-    o, A, _ = fwd(q, k, v.contiguous(), beta.contiguous(), scale, None, False)
+    with torch.cuda.device_of(q):  # Triton launches on the current device (FLA's entry point sets it too)
+        q, q_rstd = l2norm_fwd(q.contiguous())
+        k, k_rstd = l2norm_fwd(k.contiguous())
+        o, A, _ = fwd(q, k, v.contiguous(), beta.contiguous(), scale, None, False)
     return o.to(q.dtype), q, q_rstd, k, k_rstd, A
 
 
@@ -284,9 +285,10 @@ def fla_delta_rule_bwd(do: torch.Tensor, q: torch.Tensor, q_rstd: torch.Tensor, 
                        scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     _, _, bwd, l2norm_bwd = fla_delta_parts()
     v, beta = v.contiguous(), beta.contiguous()
-    dq, dk, dv, dbeta, _ = bwd(q, k, v, beta, A, scale, None, do.contiguous(), None)
-    return (l2norm_bwd(q, q_rstd, dq).to(q.dtype), l2norm_bwd(k, k_rstd, dk).to(k.dtype), dv.to(v.dtype),
-            dbeta.to(beta.dtype))
+    with torch.cuda.device_of(q):
+        dq, dk, dv, dbeta, _ = bwd(q, k, v, beta, A, scale, None, do.contiguous(), None)
+        dq, dk = l2norm_bwd(q, q_rstd, dq), l2norm_bwd(k, k_rstd, dk)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbeta.to(beta.dtype)
 
 
 @fla_delta_rule_bwd.register_fake
