@@ -177,20 +177,6 @@ def test_around_the_kernel_the_layer_keeps_no_convolution_or_float32_copy(varian
     assert all(b < B * T * C * 4 for b, dtype in kept[True].values() if dtype == torch.float32)
 
 
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_recomputing_in_the_backward_gives_the_same_gradients(case, monkeypatch):
-    m = tiny(**case).train()
-    idx = torch.randint(0, 11, (2, 16))
-    grads = []
-    for recompute in (model_delta.recompute, lambda fn, *args: fn(*args)):
-        monkeypatch.setattr(model_delta, "recompute", recompute)
-        m.zero_grad()
-        m(idx, idx)[1].backward()
-        grads.append([p.grad.clone() for p in m.parameters()])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
-
-
 def test_checkpoints_from_before_the_fused_projection_load():
     m = tiny(variant="gated_deltanet")
     state = m.state_dict()
@@ -251,11 +237,33 @@ def delta_bwd(q, k, v, beta, A, scale, initial_state, do, dht):  # func.vjp: an 
     return *(g.contiguous() for g in vjp(do)), None
 
 
+def gated_delta_rule(q, k, v, g, beta, scale, output_final_state, use_qk_l2norm_in_kernel):  # FLA's entry point's
+    q, k = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    o, S = recurrent_delta_rule(*(t.transpose(1, 2) for t in (q * scale, k, v, beta, g)))
+    return o.transpose(1, 2), S
+
+
 @pytest.fixture
 def fla_on_the_cpu(monkeypatch):
-    """The layer takes its FLA path on the CPU, FLA's functions replaced by the reference above."""
+    """The layer takes its FLA path on the CPU (DeltaNet and Gated DeltaNet), FLA's functions replaced by
+    the reference above."""
     monkeypatch.setattr(model_delta, "fla_delta_parts", lambda: (l2norm_fwd, delta_fwd, delta_bwd, l2norm_bwd))
+    monkeypatch.setattr(model_delta, "fla_kernel", lambda variant: gated_delta_rule)
     monkeypatch.setattr(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "fla")
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[-1]], ids=[IDS[0], IDS[1], IDS[-1]])
+def test_recomputing_in_the_backward_gives_the_same_gradients(case, fla_on_the_cpu, monkeypatch):
+    m = tiny(**case).train()
+    idx = torch.randint(0, 11, (2, 16))
+    grads = []
+    for recompute in (model_delta.recompute, lambda fn, *args, enabled: fn(*args)):
+        monkeypatch.setattr(model_delta, "recompute", recompute)
+        m.zero_grad()
+        m(idx, idx)[1].backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 def test_fla_operator_passes_torch_opcheck(fla_on_the_cpu):
