@@ -408,7 +408,8 @@ def selection_for_flex(q, kc, config, compiled=None):
 # per segment of SLC_SEGMENT tokens of one block, so a block every query reads (the first) is spread over
 # many programs; segments of one block add their partial dK/dV atomically. No T×T anything.
 SLC_SEGMENT = 256  # tokens per dK/dV program
-SLC_ROWS = 128  # query rows (tokens × heads of the group) per step of a dK/dV program
+SLC_ROWS = 64  # query rows (tokens × heads of the group) per step of a dK/dV program: at 128 ptxas spilt (sm_90)
+# 404 bytes and a layer step at 65,536 took 25.7-26.0 ms, at 64 none and 24.6-25.1 (results/h100/nsa)
 LOG2E = 1.4426950408889634  # the kernels' softmax runs in exp2
 
 
