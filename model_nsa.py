@@ -670,7 +670,6 @@ def selection_triton(q, kc, config):
     return torch.cat(out, dim=2)
 
 
-
 FLA_STATUS = {}  # None (runs) or the reason it cannot, probed once per process
 
 

@@ -340,7 +340,7 @@ def test_triton_selected_branch_equals_masked_attention_interpreted():
 KERNEL_CONSTANTS = {
     "slc_fwd": dict(G=16, D=44, BG=16, BD=64, BS=64, N=16),
     "slc_bwd_dq": dict(G=16, D=44, BG=16, BD=64, BS=64, N=16),
-    "slc_bwd_dkdv": dict(G=16, D=44, BG=16, BD=64, BS=64, N=16, R=128),
+    "slc_bwd_dkdv": dict(G=16, D=44, BG=16, BD=64, BS=64, N=16, R=model_nsa.SLC_ROWS),  # as it is launched
     "cmp_group_probs": dict(G=16, D=44, BD=64, BQ=32, BC=64, PRECISION="tf32"),
     "top_blocks": dict(BR=8, BTS=1024, N=16),
 }
