@@ -238,6 +238,13 @@ def fla_kernel(variant):
     if variant == "deltanet":
         from fla.ops.delta_rule import chunk_delta_rule
         return chunk_delta_rule
+    # FLA 0.6.0 refuses its gated backward on Hopper with Triton 3.4.0 up to 3.7.1 (fla/ops/common/chunk_o.py),
+    # but only once a probe's forward and backward have autotuned up to it: minutes on a fresh H100. Its flags
+    # say the same at once.
+    from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+    if IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1:
+        raise RuntimeError("Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs produces incorrect results for gated "
+                           "chunk_bwd_dqkwg (flash-linear-attention's own check; Triton >= 3.7.1 runs it)")
     if variant == "gated_deltanet":
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
         return chunk_gated_delta_rule

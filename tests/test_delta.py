@@ -1,5 +1,7 @@
 """model_delta.py: the chunked WY form against the per-token recurrence, decoding, causality, FLA."""
 
+import warnings
+
 import pytest
 import torch
 from conftest import assert_causal, assert_fast_path_matches_reference, decode_stepwise
@@ -377,6 +379,26 @@ def test_fla_probe_takes_its_backward_even_when_first_called_from_decoding(monke
     with torch.inference_mode():
         assert model_delta.fla_status("deltanet") is None
     assert seen == [True]
+
+
+@pytest.mark.parametrize("hopper,above_3_7_1,refused", [(True, False, True), (True, True, False), (False, False, False)])
+def test_gated_kernels_refused_on_fla_own_terms_before_any_probe(monkeypatch, hopper, above_3_7_1, refused):
+    # FLA raises only in the gated backward, after minutes of autotuning on a fresh H100; its flags say it at once
+    fla_utils = pytest.importorskip("fla.utils")
+    monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", hopper)
+    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_4_0", True)
+    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", above_3_7_1)
+    monkeypatch.setattr(model_delta, "FLA_STATUS", {})
+    monkeypatch.setattr(model_delta, "fla_kernel", model_delta.fla_kernel.__wrapped__)
+    probed = []
+    monkeypatch.setattr(model_delta, "probe_fla_kernel", lambda fn, variant: probed.append(variant))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        status = {v: model_delta.fla_status(v) for v in VARIANTS}
+    gated = ["gated_deltanet", "gated_deltaproduct"]
+    assert status["deltanet"] is None
+    assert all(("Triton >= 3.4.0 and < 3.7.1" in (status[v] or "")) == refused for v in gated)
+    assert probed == (["deltanet"] if refused else list(VARIANTS))
 
 
 @pytest.mark.gpu
