@@ -172,6 +172,25 @@ def test_gpu_cuda_graph_decoding_equals_eager(pos_emb):
     assert torch.equal(graphed, eager) and torch.equal(eager, ref)
 
 
+def test_short_conv_compiled_as_shifted_products_is_the_same_convolution():
+    # compiled, ShortConv sums shifted products (fused by the compiler) instead of calling conv1d: the same
+    # function, forward and backward, and a prefill still remembers its last inputs
+    from model import ShortConv
+    torch.manual_seed(0)
+    conv = ShortConv(6, 4).double()
+    torch.nn.init.normal_(conv.weight)
+    x = torch.randn(2, 9, 6, dtype=torch.double, requires_grad=True)
+    outs = []
+    for fn in (conv, torch.compile(conv, backend="aot_eager", fullgraph=True)):
+        past = torch.zeros(2, 6, 3, dtype=torch.double)
+        y = fn(x, past)
+        gx, gw = torch.autograd.grad((y * torch.linspace(-1, 1, 9)[:, None]).sum(), (x, conv.weight))
+        outs.append((y, gx, gw, past))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert torch.equal(outs[0][3], x[:, -3:].detach().transpose(1, 2))
+
+
 @pytest.mark.parametrize("model_type, kw", [("vanilla", {}), ("vanilla", {"pos_emb": "rope"}), ("linear", {"window": 3}),
                                             ("sparse", {"window": 5, "pos_emb": "rope"}), ("delta", {})])
 def test_short_conv_decodes_exactly_and_stays_causal(model_type, kw):
