@@ -177,7 +177,7 @@ def family_fields(module):
 
 def parse_value(key, text, default):
     """A --key=value string as a Python literal; a bare word stays a string where one is expected."""
-    if isinstance(default, str) and text[:1] not in "'\"":
+    if isinstance(default, str) and not text.startswith(("'", '"')):  # --key= too: the empty string
         return text
     try:
         return ast.literal_eval(text)

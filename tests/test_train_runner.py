@@ -26,9 +26,11 @@ def run_cli(*args, cwd=ROOT):
 def test_config_file_then_overrides(tmp_path):
     cfg_file = tmp_path / "c.py"
     cfg_file.write_text("n_layer = 3\nlearning_rate = 3e-4\nout_dir = 'from-file'\nimport math\n_helper = 1\n")
-    paths, raw = parse_argv([str(cfg_file), "--n_layer=5", "--pos_emb=rope", "--dropout=0", "--wandb_run_name=123"])
+    paths, raw = parse_argv([str(cfg_file), "--n_layer=5", "--pos_emb=rope", "--dropout=0", "--wandb_run_name=123",
+                             "--seeds_at_best="])
     cfg = configure(train_runner.DEFAULTS, paths, raw_overrides=raw)
     assert cfg["n_layer"] == 5 and cfg["learning_rate"] == 3e-4 and cfg["out_dir"] == "from-file"
+    assert cfg["seeds_at_best"] == ""  # an empty string, e.g. no extra seeds (it was taken for a bad literal)
     assert cfg["pos_emb"] == "rope"  # a field of the family's GPTConfig
     assert cfg["dropout"] == 0.0 and isinstance(cfg["dropout"], float)  # an int where a float is expected
     assert cfg["wandb_run_name"] == "123"  # strings stay strings
