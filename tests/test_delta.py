@@ -160,13 +160,18 @@ class KernelStandIn(torch.autograd.Function):
         return None, None
 
 
+def stand_in_for_fla(setattr_=setattr):
+    """The layer takes its FLA path with KernelStandIn for every kernel (also results/cpu/delta_kept)."""
+    setattr_(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "fla")
+    setattr_(model_delta, "fla_kernel", lambda variant: lambda q, k, v, *a, **kw: (KernelStandIn.apply(q, v), None))
+    setattr_(model_delta, "fla_delta_rule", lambda q, k, v, beta, scale: (KernelStandIn.apply(q, v),))
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_around_the_kernel_the_layer_keeps_no_convolution_or_float32_copy(variant, monkeypatch):
     # the convolutions, SiLUs and the output norm are recomputed in the backward: with the convolutions on,
     # the FLA path keeps the same bytes as with them off, and no float32 copy of q, k, v or the output
-    monkeypatch.setattr(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "fla")
-    monkeypatch.setattr(model_delta, "fla_kernel", lambda v: lambda q, k, v, *a, **kw: (KernelStandIn.apply(q, v), None))
-    monkeypatch.setattr(model_delta, "fla_delta_rule", lambda q, k, v, beta, scale: (KernelStandIn.apply(q, v),))
+    stand_in_for_fla(monkeypatch.setattr)
     B, T, C = 2, 64, 32
     x = torch.randn(B, T, C) * 1.0  # not a leaf, as in the model: autocast casts it for each use
     kept = {}

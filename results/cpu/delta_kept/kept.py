@@ -15,7 +15,7 @@ import torch
 
 root = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(root), str(root / "tests")]
-from test_delta import KernelStandIn, kept_for_backward  # noqa: E402 (the test's stand-in and count)
+from test_delta import kept_for_backward, stand_in_for_fla  # noqa: E402 (the test's stand-in and count)
 
 import model_delta  # noqa: E402
 
@@ -25,9 +25,7 @@ def kept_bytes(attn, x):
         return sum(b for b, _ in kept_for_backward(lambda: attn(x, torch.arange(x.shape[1]))).values())
 
 
-model_delta.DeltaAttention.kernel_path = lambda self, device_type: "fla"
-model_delta.fla_kernel = lambda variant: lambda q, k, v, *a, **kw: (KernelStandIn.apply(q, v), None)
-model_delta.fla_delta_rule = lambda q, k, v, beta, scale: (KernelStandIn.apply(q, v),)  # DeltaNet's, since 75190c4
+stand_in_for_fla()
 T = 4096
 x = torch.randn(1, T, 384, requires_grad=True) * 1.0
 print("| variant | short convolutions | bytes per token | MiB at 65,536 tokens |\n|---|---|---|---|")
