@@ -11,7 +11,7 @@
 # <= 1.50): another seed, negative eigenvalues, rates and decay around it (best: weight decay 0.5, 1.5061,
 # now the config's recipe). Round 5: around that recipe (the config's own now, so only the change is
 # given): its second seed, with negative eigenvalues, decay 1.0, a 1,200-iteration schedule (the best
-# evaluations came at 1200-1400), dropout 0.35, and 3 heads of 128 (the same parameters, twice the state).
+# evaluations came at 1200-1400), dropout 0.35, and 3 heads of 128 (the same parameters, twice the state); and two pairs of those.
 # Their ms/iter are of a shared GPU: speed is measured alone (results/h100/checks.sh).
 set -uo pipefail
 dir=${1:-/tmp/tune} limit=${2:-540} round=${3:-1}
@@ -48,6 +48,8 @@ elif [ "$round" = 5 ]; then
   run deltanet_tuned_1200 delta --eval_interval=100 --max_iters=1200 --lr_decay_iters=1200
   run deltanet_tuned_d35 delta --eval_interval=100 --dropout=0.35
   run deltanet_tuned_3x128 delta --eval_interval=100 --n_head=3
+  run deltanet_tuned_wd1_d35 delta --eval_interval=100 --weight_decay=1.0 --dropout=0.35
+  run deltanet_tuned_3x128_wd1 delta --eval_interval=100 --n_head=3 --weight_decay=1.0
 else
   short="--max_iters=1500 --lr_decay_iters=1500 --eval_interval=100 --dropout=0.3 --use_short_conv=False"
   for cfg in gated_delta delta; do  # alone, one after the other: their ms/iter are the speed
