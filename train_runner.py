@@ -33,6 +33,7 @@ import math
 import os
 import pickle
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -1510,10 +1511,14 @@ def shared(m):
     return f" (GPU shared by {m['gpu_share']})" if m.get("gpu_share", 1) > 1 else ""
 
 
+def hardware(env):
+    return (f"Hardware: {env.get('gpu') or 'CPU (' + str(env.get('cpu_threads')) + ' threads)'}; torch {env.get('torch')}, "
+            f"triton {env.get('triton', '–')}, commit {env.get('git_commit')}")
+
+
 def write_report_md(root, models, env):
     lines = [f"# Bake-off: {root}", "",
-             f"Hardware: {env.get('gpu') or 'CPU (' + str(env.get('cpu_threads')) + ' threads)'}; torch {env.get('torch')}, "
-             f"triton {env.get('triton', '–')}, commit {env.get('git_commit')}. Made by `python train_runner.py` "
+             f"{hardware(env)}. Made by `python train_runner.py` "
              "(stage bakeoff); each run's config is in runs/*/metrics.json.", ""]
     lines += markdown_table(
         ["model", "params", "best LR", "best val (± std)", "final val", "ppl", "seeds", "tokens/s", "MFU", "kernels", "runs"],
@@ -1937,16 +1942,18 @@ def mqar_report(cfg, env=None):
     says how many of the learning rates have finished (done, diverged, out of memory or failed)."""
     root, env = sweep_root(cfg), env or environment()
     specs, widths, lrs = bench_specs(cfg), split(cfg["mqar_widths"], int), split(cfg["learning_rates"], float)
-    rows = []
+    rows, run_envs = [], []
     for name, settings in specs:
         for width in widths:
             tried = {lr: read_metrics(root / "runs" / mqar_run_folder(name, width, lr)) for lr in lrs}
             done = {lr: m for lr, m in tried.items() if m.get("status") == "done"}
+            run_envs += [m["environment"] for m in done.values() if "environment" in m]
             best = max(done, key=lambda lr: done[lr]["val_accuracy"]) if done else None
             m, finished = done.get(best, {}), sum(t.get("status") in FINISHED for t in tried.values())
             # the cache's size does not depend on the vocabulary: no dataset needed here
             model = build_for(dict(settings, n_embd=width), settings["block_size"], vocab_size=64)
             rows.append({"model": name, "model_type": settings["model_type"], "width": width, "learning_rate": best,
+                         "best_lr_at_edge": len(done) > 1 and best in (min(done), max(done)),
                          "params": m.get("params"), "state_bytes": state_bytes(model), "rates_done": finished,
                          "rates": len(lrs), "accuracy": m.get("val_accuracy_by_slice"), "kernel_path": m.get("kernel_path"),
                          "lr_sweep": {f"{lr:g}": t.get("val_accuracy", t.get("status")) for lr, t in tried.items()},
@@ -1954,19 +1961,27 @@ def mqar_report(cfg, env=None):
                                   if m["best_val_accuracy"] - m["val_accuracy"] > 0.1}})
     if not any(r["accuracy"] for r in rows):
         raise UserError(f"no MQAR run under {root}/runs finished; their metrics.json and error.log say why")
+    # the runs' machine and commits, not this one's: the report may be made on a CPU from a GPU sweep in parts
+    commits = sorted({re.sub("^([0-9a-f]{7})[0-9a-f]{33}", r"\1", e["git_commit"])
+                      for e in run_envs if e.get("git_commit")})
+    env = dict(run_envs[0] if run_envs else env, git_commit=", ".join(commits) or env.get("git_commit"))
     write_json(root / "mqar.json", {"rows": rows, "environment": env, "config": cfg})
     slices = [s for s in next(r["accuracy"] for r in rows if r["accuracy"]) if s != "all"]
     unfinished = sum(r["rates"] - r["rates_done"] for r in rows)
     lines = [f"# MQAR recall: {root}", "", "Accuracy at the query positions of the val set, per (sequence length x kv pairs); "
-             "state = bytes of decoding state per sequence at the full context. Made by "
-             "`python train_runner.py config/mqar.py --stage=mqar`.", ""]
+             "state = bytes of decoding state per sequence at the full context. "
+             f"{hardware(env)}. Made by `python train_runner.py config/mqar.py --stage=mqar`.", ""]
     if unfinished:
         lines += [f"**Partial:** {unfinished} of {sum(r['rates'] for r in rows)} runs are not finished; each row's best is "
                   "the best of the rates done.", ""]
     lines += markdown_table(["model", "width", "params", "state bytes", "best LR", "rates done", *slices, "all"],
-                            ([r["model"], r["width"], fmt(r["params"], ","), f"{r['state_bytes']:,}", fmt(r["learning_rate"], "g"),
+                            ([r["model"], r["width"], fmt(r["params"], ","), f"{r['state_bytes']:,}",
+                              fmt(r["learning_rate"], "g") + (" (edge)" if r["best_lr_at_edge"] else ""),
                               f"{r['rates_done']}/{r['rates']}",
                               *(fmt(r["accuracy"] and r["accuracy"][s], ".3f") for s in [*slices, "all"])] for r in rows))
+    if any(r["best_lr_at_edge"] for r in rows):
+        lines += ["", "(edge): the best of the learning rates done is the lowest or highest of them, so the row's own "
+                  "best may lie beyond the grid."]
     fell = [f"{r['model']} d{r['width']} at {lr}: {peak:.3f} at its best evaluation, {last:.3f} at the last"
             for r in rows for lr, (peak, last) in r["fell"].items()]
     if fell:

@@ -98,6 +98,7 @@ def test_recall_stage_writes_its_table_and_plots(mqar_data, tmp_path):
     md = (tmp_path / "recall" / "mqar.md").read_text()
     assert "| model | width | params | state bytes | best LR | rates done | 16x2 | 24x4 | all |" in md
     assert "Partial" not in md and all(r["rates_done"] == 2 for r in rows)
+    assert all(r["best_lr_at_edge"] for r in rows) and "(edge): the best of the learning rates done" in md  # of two
     assert json.loads((tmp_path / "recall" / "mqar.json").read_text())["rows"][0]["accuracy"] == rows[0]["accuracy"]
     m = json.loads((tmp_path / "recall" / "runs" / "vanilla_d16_lr0.001" / "metrics.json").read_text())
     assert m["tokens_per_sec"] == pytest.approx(16 * 24 / (m["ms_per_iter"] / 1e3))  # the train width, not block_size
@@ -114,6 +115,7 @@ def test_recall_stage_writes_its_table_and_plots(mqar_data, tmp_path):
     assert partial["vanilla", 16]["learning_rate"] == 1e-3 and partial["vanilla", 16]["lr_sweep"]["0.01"] == 0.0
     assert "vanilla d16 at 0.01: 0.900 at its best evaluation, 0.000 at the last" in (tmp_path / "recall" / "mqar.md").read_text()
     assert partial["delta", 16]["rates_done"] == 1 and partial["delta", 16]["learning_rate"] == 1e-3
+    assert not partial["delta", 16]["best_lr_at_edge"]  # one rate done has no edge
     assert partial["delta", 32]["accuracy"] is None and partial["vanilla", 32]["accuracy"] == rows[1]["accuracy"]
     assert "**Partial:** 3 of 8 runs are not finished" in (tmp_path / "recall" / "mqar.md").read_text()
 
