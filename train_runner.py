@@ -1276,7 +1276,8 @@ def sweep(cfg, sweep_paths=(), raw=None):
             return specs
         if round_ == cfg["lr_bracket"]:
             break
-        new = {name: [lr] for name in specs if (lr := lr_beyond(root, name, tried[name], grid, seeds))}
+        new = {name: [lr] for name in specs
+               if (lr := lr_beyond(best_tried_lr(root, name, tried[name], seeds), tried[name], grid))}
         for name, (lr,) in new.items():
             tried[name].append(lr)
             print(f"[sweep] {name}'s best learning rate is at an end of those tried: also {lr:g}")
@@ -1303,14 +1304,12 @@ def run_folder(name, lr, seed):
     return f"{name}_lr{lr:g}_s{seed}"
 
 
-def lr_beyond(root, name, tried, grid, seeds):
-    """One grid step past the end of `tried` where the model's best learning rate is (best val loss, mean
-    over seeds; a run that did not finish counts as worst), or None when the best is inside. With a
-    single-value grid there is no step to take."""
+def lr_beyond(best, tried, grid):
+    """One grid step past the end of `tried` where `best` (the best of them) is, or None when it is inside.
+    With a single-value grid there is no step to take."""
     if len(grid) < 2:
         return None
     step = (max(grid) / min(grid)) ** (1 / (len(grid) - 1))
-    best = best_tried_lr(root, name, tried, seeds)
     return best / step if best == min(tried) else best * step if best == max(tried) else None
 
 
@@ -1923,39 +1922,71 @@ def mqar_sweep(cfg, sweep_paths=(), raw=None):
     the sweep trains (workers, resume, failures recorded); then mqar_report."""
     root, env = sweep_root(cfg), environment()  # before this writes anything: its own files would mark the checkout dirty
     check_trackers(cfg)
-    specs, widths, lrs = bench_specs(cfg), split(cfg["mqar_widths"], int), split(cfg["learning_rates"], float)
-    runs = [(mqar_run_folder(name, width, lr), f"{name}_d{width}", f"{name}, width {width}, lr={lr:g}",
-             dict(settings, n_embd=width, learning_rate=lr, min_lr=lr / 10))
-            for name, settings in specs for width in widths for lr in lrs]
-    train_runs(cfg, root, runs, "mqar", sweep_paths, dict(raw or {}))
+    specs, widths, grid = bench_specs(cfg), split(cfg["mqar_widths"], int), split(cfg["learning_rates"], float)
+    rows = {(name, width): settings for name, settings in specs for width in widths}
+    tried, new = {row: list(grid) for row in rows}, {row: grid for row in rows}
+    for round_ in range(cfg["lr_bracket"] + 1):  # as the sweep brackets: rounds past a best at an end
+        runs = [(mqar_run_folder(name, width, lr), f"{name}_d{width}", f"{name}, width {width}, lr={lr:g}",
+                 dict(rows[name, width], n_embd=width, learning_rate=lr, min_lr=lr / 10))
+                for (name, width), lrs in new.items() for lr in lrs]
+        pending = unfinished(root, runs)
+        train_runs(cfg, root, runs, "mqar", sweep_paths, dict(raw or {}))
+        if (pending and cfg["sweep_worker"] >= 0) or round_ == cfg["lr_bracket"]:
+            break
+        new = {row: [lr] for row in rows if (lr := lr_beyond(mqar_best_lr(root, *row, tried[row]), tried[row], grid))}
+        for (name, width), (lr,) in new.items():
+            tried[name, width].append(lr)
+            print(f"[mqar] {name} d{width}'s best learning rate is at an end of those tried: also {lr:g}")
+        if not new:
+            break
     if cfg["sweep_worker"] >= 0:
         return []  # a worker only trains: the process that started the workers writes the report
     return mqar_report(cfg, env)
 
 
+def mqar_tried(root, name, width, grid):
+    """{learning rate: metrics} of a family at a width: the grid's rates and any other under runs/
+    (an lr_bracket round's)."""
+    prefix, found = mqar_run_folder(name, width, 0).removesuffix("0"), set()
+    for folder in (root / "runs").glob(prefix + "*"):
+        with contextlib.suppress(ValueError):  # not a run's folder
+            found.add(float(folder.name[len(prefix):]))
+    return {lr: read_metrics(root / "runs" / mqar_run_folder(name, width, lr)) for lr in sorted({*grid, *found})}
+
+
+def mqar_best_lr(root, name, width, tried):
+    """The rate of `tried` with the best val accuracy at the end of training (a run that did not finish
+    counts as worst); ties go to the smaller rate."""
+    def score(lr):
+        m = read_metrics(root / "runs" / mqar_run_folder(name, width, lr))
+        return m["val_accuracy"] if m.get("status") == "done" else -math.inf
+    return max(sorted(tried), key=score)
+
+
 def mqar_report(cfg, env=None):
     """For each family of --models and width of mqar_widths, its best learning rate by val accuracy at the
-    end of training (the per-slice figures are the last evaluation's) among the finished runs under
+    end of training (the per-slice figures are the last evaluation's) among the finished runs, of the grid
+    and of any lr_bracket round, under
     <sweep_dir>/runs, into <sweep_dir>/mqar.md, mqar.json and plots/mqar_*.png
     (also `--stage=mqar_report` alone, e.g. on a CPU from a GPU sweep's runs: `--device=cuda` picks
     config/mqar.py's GPU grid). A sweep still under way gives a partial report: the 'rates done' column
     says how many of the learning rates have finished (done, diverged, out of memory or failed)."""
     root, env = sweep_root(cfg), env or environment()
-    specs, widths, lrs = bench_specs(cfg), split(cfg["mqar_widths"], int), split(cfg["learning_rates"], float)
+    specs, widths, grid = bench_specs(cfg), split(cfg["mqar_widths"], int), split(cfg["learning_rates"], float)
     rows, run_envs = [], []
     for name, settings in specs:
         for width in widths:
-            tried = {lr: read_metrics(root / "runs" / mqar_run_folder(name, width, lr)) for lr in lrs}
+            tried = mqar_tried(root, name, width, grid)
             done = {lr: m for lr, m in tried.items() if m.get("status") == "done"}
             run_envs += [m["environment"] for m in done.values() if "environment" in m]
-            best = max(done, key=lambda lr: done[lr]["val_accuracy"]) if done else None
+            best = mqar_best_lr(root, name, width, done) if done else None
             m, finished = done.get(best, {}), sum(t.get("status") in FINISHED for t in tried.values())
             # the cache's size does not depend on the vocabulary: no dataset needed here
             model = build_for(dict(settings, n_embd=width), settings["block_size"], vocab_size=64)
             rows.append({"model": name, "model_type": settings["model_type"], "width": width, "learning_rate": best,
                          "best_lr_at_edge": len(done) > 1 and best in (min(done), max(done)),
                          "params": m.get("params"), "state_bytes": state_bytes(model), "rates_done": finished,
-                         "rates": len(lrs), "accuracy": m.get("val_accuracy_by_slice"), "kernel_path": m.get("kernel_path"),
+                         "rates": len(tried), "accuracy": m.get("val_accuracy_by_slice"), "kernel_path": m.get("kernel_path"),
                          "lr_sweep": {f"{lr:g}": t.get("val_accuracy", t.get("status")) for lr, t in tried.items()},
                          "fell": {f"{lr:g}": (m["best_val_accuracy"], m["val_accuracy"]) for lr, m in done.items()
                                   if m["best_val_accuracy"] - m["val_accuracy"] > 0.1}})

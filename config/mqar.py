@@ -22,6 +22,9 @@ else:
     # log-spaced as Zoology's 1e-3 ... 10^-1.5, one step lower too: softmax at width 128 learned at none of
     # 1e-3 ... 1e-2 in 4000 iterations (results/h100/mqar), and Zoology's own width-128 runs go down to 1e-4
     learning_rates = "3.2e-4,1e-3,3.2e-3,1e-2"
+    # where a family's best at a width is the lowest or highest of these (8 of the 15 in results/h100/mqar),
+    # one more run a grid step past it: 1e-4 below, 3.2e-2 (Zoology's top, 10^-1.5) above
+    lr_bracket = 1
     # 2-layer models up to 256 wide leave an H100 idle between launches: three runs share it
     # (results/h100/sharing: 2x the throughput for a launch-bound model)
     runs_per_gpu = 3

@@ -120,6 +120,22 @@ def test_recall_stage_writes_its_table_and_plots(mqar_data, tmp_path):
     assert "**Partial:** 3 of 8 runs are not finished" in (tmp_path / "recall" / "mqar.md").read_text()
 
 
+def test_recall_stage_brackets_a_best_rate_at_an_end_of_the_grid(mqar_data, tmp_path, capsys):
+    cfg = train_runner.configure(train_runner.DEFAULTS, [str(ROOT / "config" / "mqar.py")], raw_overrides=dict(
+        device="cpu", models="vanilla", mqar_widths="16", block_size="32", batch_size="16", max_iters="4",
+        lr_decay_iters="4", eval_interval="2", log_interval="2", learning_rates="1e-3,1e-2", lr_bracket="1",
+        sweep_dir=str(tmp_path / "recall")))
+    (row,) = train_runner.mqar_sweep(cfg)  # of two rates the best is at an end: one step (x10) past it
+    first = json.loads((tmp_path / "recall" / "runs" / "vanilla_d16_lr0.001" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "recall" / "runs" / "vanilla_d16_lr0.01" / "metrics.json").read_text())
+    beyond = "0.0001" if first["val_accuracy"] >= second["val_accuracy"] else "0.1"
+    assert f"vanilla d16's best learning rate is at an end of those tried: also {beyond}" in capsys.readouterr().out
+    assert set(row["lr_sweep"]) == {"0.001", "0.01", beyond} and row["rates_done"] == row["rates"] == 3
+    # the report alone finds the bracketing run among the grid's, and says when the best is at an end again
+    (again,) = train_runner.mqar_report(dict(cfg, lr_bracket=0))
+    assert again["lr_sweep"] == row["lr_sweep"] and again["best_lr_at_edge"] == (f"{row['learning_rate']:g}" == beyond)
+
+
 def test_softmax_attention_with_a_short_conv_learns_tiny_mqar(mqar_data, tmp_path):
     # the short convolution hands each position its predecessor (Zoology pairs every mixer with one);
     # without it softmax attention plateaus at choosing among the values in context for thousands of steps

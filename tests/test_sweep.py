@@ -278,12 +278,14 @@ def test_lr_bracket_steps_past_the_end_where_the_best_learning_rate_is(tmp_path)
         record("inside", lr, "done", best)
     for lr, best in zip(grid, (1.50, 1.45, 1.0)):
         record("high", lr, "diverged" if lr == 2e-3 else "done", best)  # a diverged run is worst, whatever it had
-    assert train_runner.lr_beyond(tmp_path, "low", grid, grid, [1337]) == 2.5e-4
-    assert train_runner.lr_beyond(tmp_path, "inside", grid, grid, [1337]) is None
-    assert train_runner.lr_beyond(tmp_path, "high", grid, grid, [1337]) is None
+    def beyond(name, tried, grid):
+        return train_runner.lr_beyond(train_runner.best_tried_lr(tmp_path, name, tried, [1337]), tried, grid)
+    assert beyond("low", grid, grid) == 2.5e-4
+    assert beyond("inside", grid, grid) is None
+    assert beyond("high", grid, grid) is None
     record("high", 4e-3, "done", 1.40)  # an earlier round's step up: now the best, and at the end again
-    assert train_runner.lr_beyond(tmp_path, "high", [*grid, 4e-3], grid, [1337]) == 8e-3
-    assert train_runner.lr_beyond(tmp_path, "low", [1e-3], [1e-3], [1337]) is None  # one value: no step
+    assert beyond("high", [*grid, 4e-3], grid) == 8e-3
+    assert beyond("low", [1e-3], [1e-3]) is None  # one value: no step
 
 
 def test_a_sweep_with_lr_bracket_trains_one_step_past_the_best_end_and_resumes_it(tiny_sweep, capsys):
