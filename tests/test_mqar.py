@@ -125,6 +125,9 @@ def test_recall_stage_brackets_a_best_rate_at_an_end_of_the_grid(mqar_data, tmp_
         device="cpu", models="vanilla", mqar_widths="16", block_size="32", batch_size="16", max_iters="4",
         lr_decay_iters="4", eval_interval="2", log_interval="2", learning_rates="1e-3,1e-2", lr_bracket="1",
         sweep_dir=str(tmp_path / "recall")))
+    # a sweep worker trains the grid and stops there: the next round is chosen once all of the grid is done
+    assert train_runner.mqar_sweep(dict(cfg, sweep_worker=0, sweep_workers=2)) == []
+    assert sorted(p.name for p in (tmp_path / "recall" / "runs").iterdir()) == ["vanilla_d16_lr0.001", "vanilla_d16_lr0.01"]
     (row,) = train_runner.mqar_sweep(cfg)  # of two rates the best is at an end: one step (x10) past it
     first = json.loads((tmp_path / "recall" / "runs" / "vanilla_d16_lr0.001" / "metrics.json").read_text())
     second = json.loads((tmp_path / "recall" / "runs" / "vanilla_d16_lr0.01" / "metrics.json").read_text())
