@@ -1266,23 +1266,11 @@ def sweep(cfg, sweep_paths=(), raw=None):
         return (run_folder(name, lr, seed), name, f"{name} lr={lr:g} seed={seed}",
                 dict(specs[name], learning_rate=lr, min_lr=lr / 10, seed=seed))
 
-    grid, seeds = split(cfg["learning_rates"], float), split(cfg["seeds"], int)
-    tried, new = {name: list(grid) for name in specs}, {name: grid for name in specs}
-    for round_ in range(cfg["lr_bracket"] + 1):
-        runs = [sweep_run(name, lr, seed) for name in new for lr in new[name] for seed in seeds]
-        pending = unfinished(root, runs)
-        train_runs(cfg, root, runs, "sweep", sweep_paths, raw)
-        if pending and cfg["sweep_worker"] >= 0:  # a worker trains one round: the next is decided once all of it is done
-            return specs
-        if round_ == cfg["lr_bracket"]:
-            break
-        new = {name: [lr] for name in specs
-               if (lr := lr_beyond(best_tried_lr(root, name, tried[name], seeds), tried[name], grid))}
-        for name, (lr,) in new.items():
-            tried[name].append(lr)
-            print(f"[sweep] {name}'s best learning rate is at an end of those tried: also {lr:g}")
-        if not new:
-            break
+    seeds = split(cfg["seeds"], int)
+    tried = bracketed_rounds(cfg, root, list(specs), lambda name, lr: [sweep_run(name, lr, seed) for seed in seeds],
+                             lambda name, lrs: best_tried_lr(root, name, lrs, seeds), "sweep", sweep_paths, raw)
+    if tried is None:
+        return specs
     extra = [seed for seed in split(cfg["seeds_at_best"], int) if seed not in seeds]
     if extra:  # every round above is done here (a worker returns while its round has runs left)
         best = {name: best_tried_lr(root, name, tried[name], seeds) for name in specs}
@@ -1291,6 +1279,31 @@ def sweep(cfg, sweep_paths=(), raw=None):
         runs = [sweep_run(name, lr, seed) for name, lr in best.items() for seed in extra]
         train_runs(cfg, root, runs, "sweep", sweep_paths, raw)
     return specs
+
+
+def bracketed_rounds(cfg, root, rows, runs_at, best_of, stage, sweep_paths, raw):
+    """Train runs_at(row, lr) for every row (a model, or a model at a width) at each of learning_rates, then
+    up to lr_bracket rounds, each one grid step past the rate best_of(row, rates tried) where it is an end.
+    Returns {row: the rates tried}, or None for a worker whose round other workers are still training (the
+    next round is decided once all of it is done)."""
+    grid = split(cfg["learning_rates"], float)
+    tried, new = {row: list(grid) for row in rows}, {row: grid for row in rows}
+    for round_ in range(cfg["lr_bracket"] + 1):
+        runs = [run for row, lrs in new.items() for lr in lrs for run in runs_at(row, lr)]
+        pending = unfinished(root, runs)
+        train_runs(cfg, root, runs, stage, sweep_paths, raw)
+        if pending and cfg["sweep_worker"] >= 0:
+            return None
+        if round_ == cfg["lr_bracket"]:
+            break
+        new = {row: [lr] for row in rows if (lr := lr_beyond(best_of(row, tried[row]), tried[row], grid))}
+        for row, (lr,) in new.items():
+            tried[row].append(lr)
+            what = f"{row[0]} d{row[1]}" if isinstance(row, tuple) else row  # (model, width) or a model
+            print(f"[{stage}] {what}'s best learning rate is at an end of those tried: also {lr:g}")
+        if not new:
+            break
+    return tried
 
 
 FINISHED = ("done", "diverged", "oom", "failed")  # a run's status once it will not train any more
@@ -1922,23 +1935,18 @@ def mqar_sweep(cfg, sweep_paths=(), raw=None):
     the sweep trains (workers, resume, failures recorded); then mqar_report."""
     root, env = sweep_root(cfg), environment()  # before this writes anything: its own files would mark the checkout dirty
     check_trackers(cfg)
-    specs, widths, grid = bench_specs(cfg), split(cfg["mqar_widths"], int), split(cfg["learning_rates"], float)
+    specs, widths = bench_specs(cfg), split(cfg["mqar_widths"], int)
     rows = {(name, width): settings for name, settings in specs for width in widths}
-    tried, new = {row: list(grid) for row in rows}, {row: grid for row in rows}
-    for round_ in range(cfg["lr_bracket"] + 1):  # as the sweep brackets: rounds past a best at an end
-        runs = [(mqar_run_folder(name, width, lr), f"{name}_d{width}", f"{name}, width {width}, lr={lr:g}",
-                 dict(rows[name, width], n_embd=width, learning_rate=lr, min_lr=lr / 10))
-                for (name, width), lrs in new.items() for lr in lrs]
-        pending = unfinished(root, runs)
-        train_runs(cfg, root, runs, "mqar", sweep_paths, dict(raw or {}))
-        if (pending and cfg["sweep_worker"] >= 0) or round_ == cfg["lr_bracket"]:
-            break
-        new = {row: [lr] for row in rows if (lr := lr_beyond(mqar_best_lr(root, *row, tried[row]), tried[row], grid))}
-        for (name, width), (lr,) in new.items():
-            tried[name, width].append(lr)
-            print(f"[mqar] {name} d{width}'s best learning rate is at an end of those tried: also {lr:g}")
-        if not new:
-            break
+
+    def runs_at(row, lr):
+        (name, width) = row
+        return [(mqar_run_folder(name, width, lr), f"{name}_d{width}", f"{name}, width {width}, lr={lr:g}",
+                 dict(rows[row], n_embd=width, learning_rate=lr, min_lr=lr / 10))]
+
+    def best_of(row, lrs):
+        return mqar_best_lr({lr: read_metrics(root / "runs" / mqar_run_folder(*row, lr)) for lr in lrs})
+
+    bracketed_rounds(cfg, root, list(rows), runs_at, best_of, "mqar", sweep_paths, dict(raw or {}))
     if cfg["sweep_worker"] >= 0:
         return []  # a worker only trains: the process that started the workers writes the report
     return mqar_report(cfg, env)
@@ -1954,13 +1962,10 @@ def mqar_tried(root, name, width, grid):
     return {lr: read_metrics(root / "runs" / mqar_run_folder(name, width, lr)) for lr in sorted({*grid, *found})}
 
 
-def mqar_best_lr(root, name, width, tried):
-    """The rate of `tried` with the best val accuracy at the end of training (a run that did not finish
-    counts as worst); ties go to the smaller rate."""
-    def score(lr):
-        m = read_metrics(root / "runs" / mqar_run_folder(name, width, lr))
-        return m["val_accuracy"] if m.get("status") == "done" else -math.inf
-    return max(sorted(tried), key=score)
+def mqar_best_lr(tried):
+    """The rate of `tried` ({rate: metrics}) with the best val accuracy at the end of training (a run that
+    did not finish counts as worst); ties go to the smaller rate."""
+    return max(sorted(tried), key=lambda lr: tried[lr]["val_accuracy"] if tried[lr].get("status") == "done" else -math.inf)
 
 
 def mqar_report(cfg, env=None):
@@ -1979,7 +1984,7 @@ def mqar_report(cfg, env=None):
             tried = mqar_tried(root, name, width, grid)
             done = {lr: m for lr, m in tried.items() if m.get("status") == "done"}
             run_envs += [m["environment"] for m in done.values() if "environment" in m]
-            best = mqar_best_lr(root, name, width, done) if done else None
+            best = mqar_best_lr(done) if done else None
             m, finished = done.get(best, {}), sum(t.get("status") in FINISHED for t in tried.values())
             # the cache's size does not depend on the vocabulary: no dataset needed here
             model = build_for(dict(settings, n_embd=width), settings["block_size"], vocab_size=64)
