@@ -1500,11 +1500,8 @@ def report(cfg):
             "ms_per_token": by_length("bench_decode", "ms_per_token", name),
             "peak_mib": by_length("bench_memory", "peak_mib", name), "step_ms": by_length("bench_memory", "ms", name),
         }
-    # a bake-off made in parts may span commits: name each one its runs and benchmarks were made at
-    commits = {m.get("environment", {}).get("git_commit") for m in runs}
-    commits |= {r.get("commit", f["environment"].get("git_commit")) for f in bench_files.values() for r in f["rows"]}
-    commits -= {None}
-    env = dict(runs[0].get("environment", {}), git_commit=", ".join(sorted(commits)))
+    env = made_in([m.get("environment", {}) for m in runs],
+                  [r.get("commit", f["environment"].get("git_commit")) for f in bench_files.values() for r in f["rows"]])
     write_json(root / "bakeoff.json", {"models": models, "environment": env, "param_matching": matching})
     write_report_md(root, models, env)
     plot_report(root, by_model, models, benches)
@@ -1521,6 +1518,14 @@ def shared(m):
     """' (GPU shared by N)' for a run (or a model's runs) that shared its GPU with other sweep workers: its
     speed is its share of the GPU; '' otherwise."""
     return f" (GPU shared by {m['gpu_share']})" if m.get("gpu_share", 1) > 1 else ""
+
+
+def made_in(envs, commits=()):
+    """The environment a report's runs were made in (the first run's), not the report's own, naming every
+    commit among them and `commits` (a job made in parts may span several), abbreviated as git does."""
+    names = {e.get("git_commit") for e in envs} | set(commits)
+    names = sorted({re.sub("^([0-9a-f]{7})[0-9a-f]{33}", r"\1", c) for c in names if c})
+    return dict(envs[0] if envs else {}, git_commit=", ".join(names))
 
 
 def hardware(env):
@@ -1997,10 +2002,7 @@ def mqar_report(cfg, env=None):
                                   if m["best_val_accuracy"] - m["val_accuracy"] > 0.1}})
     if not any(r["accuracy"] for r in rows):
         raise UserError(f"no MQAR run under {root}/runs finished; their metrics.json and error.log say why")
-    # the runs' machine and commits, not this one's: the report may be made on a CPU from a GPU sweep in parts
-    commits = sorted({re.sub("^([0-9a-f]{7})[0-9a-f]{33}", r"\1", e["git_commit"])
-                      for e in run_envs if e.get("git_commit")})
-    env = dict(run_envs[0] if run_envs else env, git_commit=", ".join(commits) or env.get("git_commit"))
+    env = made_in(run_envs) if run_envs else env  # the report may be made on a CPU from a GPU sweep's runs
     write_json(root / "mqar.json", {"rows": rows, "environment": env, "config": cfg})
     slices = [s for s in next(r["accuracy"] for r in rows if r["accuracy"]) if s != "all"]
     unfinished = sum(r["rates"] - r["rates_done"] for r in rows)
