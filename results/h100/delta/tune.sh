@@ -10,8 +10,9 @@
 # without the convolution. Round 4: DeltaNet without it (best so far 1.5108 at lr 1e-3; the issue asks for
 # <= 1.50): another seed, negative eigenvalues, rates and decay around it (best: weight decay 0.5, 1.5061,
 # now the config's recipe). Round 5: around that recipe (the config's own now, so only the change is
-# given): its second seed, no position embedding (the recurrence carries order), decay 1.0, a 1,200-iteration schedule (the best
-# evaluations came at 1200-1400), dropout 0.35, and 3 heads of 128 (the same parameters, twice the state); and two pairs of those.
+# given): its second seed, no position embedding (the recurrence carries order), decay 1.0, a
+# 1,200-iteration schedule (the best evaluations came at 1200-1400), dropout 0.35, and 3 heads of 128 (the
+# same parameters, twice the state); and two pairs of those.
 # Their ms/iter are of a shared GPU: speed is measured alone (results/h100/checks.sh).
 set -uo pipefail
 dir=${1:-/tmp/tune} limit=${2:-540} round=${3:-1}
