@@ -12,7 +12,8 @@
 # now the config's recipe). Round 5: around that recipe (the config's own now, so only the change is
 # given): its second seed, no position embedding (the recurrence carries order), decay 1.0, a
 # 1,200-iteration schedule (the best evaluations came at 1200-1400), dropout 0.35, and 3 heads of 128 (the
-# same parameters, twice the state); and two pairs of those.
+# same parameters, twice the state); and two pairs of those (best: decay 1.0 with dropout 0.35, 1.5035).
+# Round 6: around that pair: its second seed, dropout 0.4, decay 1.5, no position embedding, rate 1.5e-3.
 # Their ms/iter are of a shared GPU: speed is measured alone (results/h100/checks.sh).
 set -uo pipefail
 dir=${1:-/tmp/tune} limit=${2:-540} round=${3:-1}
@@ -51,6 +52,13 @@ elif [ "$round" = 5 ]; then
   run deltanet_tuned_3x128 delta --eval_interval=100 --n_head=3
   run deltanet_tuned_wd1_d35 delta --eval_interval=100 --weight_decay=1.0 --dropout=0.35
   run deltanet_tuned_3x128_wd1 delta --eval_interval=100 --n_head=3 --weight_decay=1.0
+elif [ "$round" = 6 ]; then
+  run deltanet_tuned_wd1_d35_s1338 delta --eval_interval=100 --weight_decay=1.0 --dropout=0.35 --seed=1338
+  run deltanet_tuned_wd1_d40 delta --eval_interval=100 --weight_decay=1.0 --dropout=0.4
+  run deltanet_tuned_wd1.5_d35 delta --eval_interval=100 --weight_decay=1.5 --dropout=0.35
+  run deltanet_tuned_wd1.5_d40 delta --eval_interval=100 --weight_decay=1.5 --dropout=0.4
+  run deltanet_tuned_wd1_d35_nopos delta --eval_interval=100 --weight_decay=1.0 --dropout=0.35 --pos_emb=none
+  run deltanet_tuned_wd1_d35_lr1.5e-3 delta --eval_interval=100 --weight_decay=1.0 --dropout=0.35 --learning_rate=1.5e-3
 else
   short="--max_iters=1500 --lr_decay_iters=1500 --eval_interval=100 --dropout=0.3 --use_short_conv=False"
   for cfg in gated_delta delta; do  # alone, one after the other: their ms/iter are the speed
