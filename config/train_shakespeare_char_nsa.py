@@ -16,4 +16,7 @@ select_count = 4
 window = block_size // 4  # noqa: F821
 head_size = 44 if n_embd == 384 else 14  # noqa: F821 (the CPU profile: 128 wide, 0.80M against 0.80M)
 use_fla = False
+# and its selected branch in model_nsa's Triton kernel where the blocks allow it: the baby NSA trained
+# at 37.4 ms/iter alone on the H100 that way, 49.5 without (results/h100/speed_7cb4cb7, nsa/)
+use_triton = device == "cuda" and select_block >= 16 and select_block & (select_block - 1) == 0  # noqa: F821
 compile_mode = "default"

@@ -1,15 +1,14 @@
 #!/bin/bash
-# The GPU checks left open, in one device call of about 9 minutes:
+# The GPU checks left open, in one device call of about 5 minutes:
 #   bash results/h100/followups.sh DIR
 # The bake-off's 21 grid runs took 3,917 run-seconds at 3 per GPU (~22 minutes; issue 7 asks for 15 with
 # the benchmarks), two thirds of it NSA (1,079), Gated DeltaProduct (886) and DeltaNet (838). DeltaNet's
 # config now replays its step as CUDA graphs (15.39 ms/iter alone at 5656c55, against 46.5) on a
-# 1,500-iteration schedule. These time the others the same way, alone, 300 iterations each:
+# 1,500-iteration schedule. Gated DeltaProduct under CUDA graphs and NSA on its Triton selection were timed
+# at 7cb4cb7 (speed_7cb4cb7/: 23.67 and 37.45 ms/iter). Left, alone, 300 iterations for the training:
 # 1. the delta GPU tests that fc254ce's 170 s step did not reach (each test capped at 100 s)
 # 2. DeltaNet's config as it is now (no short convolutions, CUDA graphs)
-# 3. Gated DeltaProduct under CUDA graphs (57.2 ms/iter without them)
-# 4. NSA's baby config on the flex+triton path (49.5 ms/iter on the flex path, 2026-11-22)
-# 5. one DeltaNet layer at 65,536 since the compiled short convolution became shifted products (the
+# 3. one DeltaNet layer at 65,536 since the compiled short convolution became shifted products (the
 #    depthwise kernel took 3.3 of its 10.3 ms of GPU time; compiled 12.5 and 13.5 ms at fc254ce, ops_fc254ce/)
 # Compiles on a fresh machine take 80-150 s: each step's limit leaves room for them.
 set -uo pipefail
@@ -20,8 +19,4 @@ step delta_tests 110 python -m pytest -v -m gpu --durations=0 --timeout=100 test
   -k "graph_decoding or chunk_scan"
 speed="--max_iters=300 --eval_iters=5 --eval_interval=300 --log_interval=25 --wandb_log=False"
 step delta_config 100 python train_runner.py config/train_shakespeare_char_delta.py $speed --out_dir="$dir/delta_config"
-step delta_product_graphs 160 python train_runner.py config/train_shakespeare_char_delta_product.py \
-  --compile_mode=reduce-overhead $speed --out_dir="$dir/delta_product_graphs"
-step nsa_flex_triton 95 python train_runner.py config/train_shakespeare_char_nsa.py --use_triton=True $speed \
-  --out_dir="$dir/nsa_flex_triton"
 step layer_65536 90 python results/h100/delta/layer_vs_fla.py "$dir/layer_vs_fla" 65536
