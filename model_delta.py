@@ -16,8 +16,8 @@ the first: exactly the gated delta rule over a sequence of T·n sub-tokens, read
 Keys and queries are L2-normalised per head (so I - β k kᵀ is a contraction for β ∈ (0, 2)),
 β = sigmoid(b_t) (× 2 with `allow_neg_eigval`, letting transitions have negative eigenvalues,
 Grazzi et al. 2025), q/k/v pass a short causal depthwise convolution and SiLU, and the output is
-RMS-normalised per head (× SiLU(g_t) of an output gate in the gated variants), as in
-flash-linear-attention's DeltaNet / GatedDeltaNet / GatedDeltaProduct layers.
+RMS-normalised per head (× SiLU(g_t) of an output gate in the gated variants, and in DeltaNet with
+`use_gate`), as in flash-linear-attention's DeltaNet / GatedDeltaNet / GatedDeltaProduct layers.
 
 Training form (chunks of C tokens, the WY / UT representation): within a chunk with state S
 entering, cumulative decays Γ_i = Π_{j≤i} α_j, and
@@ -62,6 +62,7 @@ class GPTConfig(model.GPTConfig):
     variant: str = "deltanet"
     num_householder: int = 2  # gated_deltaproduct: delta steps per token
     allow_neg_eigval: bool = False  # β in (0, 2) instead of (0, 1)
+    use_gate: bool = False  # deltanet: the output gate the gated variants always have (FLA's DeltaNet use_gate)
     use_short_conv: bool = True
     conv_size: int = 4
     head_k_dim: int = 0  # 0: n_embd // n_head
@@ -96,8 +97,12 @@ class GPTConfig(model.GPTConfig):
         return self.head_v_dim or self.k_dim
 
     @property
-    def gated(self):
+    def gated(self):  # a decaying state
         return self.variant != "deltanet"
+
+    @property
+    def output_gate(self):
+        return self.gated or self.use_gate
 
     @property
     def steps(self):  # delta steps per token
@@ -339,9 +344,9 @@ class DeltaAttention(nn.Module):
         super().__init__()
         self.config = config
         H, K, V, n, C = config.n_head, config.k_dim, config.v_dim, config.steps, config.n_embd
-        # q, k, v, β (and the gated variants' decay a and output gate g) in one projection: one matmul, and
-        # one bf16 copy of x kept for its backward instead of one per projection under autocast
-        self.sizes = [H * K, n * H * K, n * H * V, n * H] + ([H, H * V] if config.gated else [])
+        # q, k, v, β (and the gated variants' decay a, and the output gate g) in one projection: one matmul,
+        # and one bf16 copy of x kept for its backward instead of one per projection under autocast
+        self.sizes = [H * K, n * H * K, n * H * V, n * H] + [H] * config.gated + [H * V] * config.output_gate
         self.c_attn = nn.Linear(C, sum(self.sizes), bias=False)
         if config.use_short_conv:  # the backbone's convolution, with nn.Conv1d's initialisation
             self.q_conv, self.k_conv, self.v_conv = (model.ShortConv(c, config.conv_size) for c in self.sizes[:3])
@@ -361,7 +366,8 @@ class DeltaAttention(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the projections were fused hold q_proj, k_proj, ... weights: stacked
-        old = [f"{prefix}{name}_proj.weight" for name in "qkvbag"[:len(self.sizes)]]
+        names = "qkvb" + "a" * self.config.gated + "g" * self.config.output_gate
+        old = [f"{prefix}{name}_proj.weight" for name in names]
         if f"{prefix}c_attn.weight" not in state_dict and all(name in state_dict for name in old):
             state_dict[f"{prefix}c_attn.weight"] = torch.cat([state_dict.pop(name) for name in old])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -388,13 +394,12 @@ class DeltaAttention(nn.Module):
         B, T, _ = x.shape
         H, n = c.n_head, c.steps
         q, k, v, b, *gates = self.c_attn(x).split(self.sizes, dim=-1)
+        a = gates.pop(0) if c.gated else None
+        g = gates.pop(0) if c.output_gate else None
         q, k, v = recompute(self._convolve, q, k, v, cache, enabled=lean and c.use_short_conv)
         wide = model.wide_dtype(x.dtype)
         beta = torch.sigmoid(b.to(wide)).view(B, T * n, H) * (2.0 if c.allow_neg_eigval else 1.0)
-        log_alpha, g = None, None
-        if c.gated:
-            a, g = gates
-            log_alpha = -self.A_log.exp() * F.softplus(a.to(wide) + self.dt_bias)
+        log_alpha = -self.A_log.exp() * F.softplus(a.to(wide) + self.dt_bias) if c.gated else None
         return (q.view(B, T, H, -1), k.reshape(B, T * n, H, -1), v.reshape(B, T * n, H, -1), beta, log_alpha), g
 
     def _convolve(self, q, k, v, cache=None):
@@ -484,7 +489,7 @@ class DeltaAttention(nn.Module):
         return (q[:, :, 0, :, None] * S).sum(-2)[:, :, None]
 
     def _output(self, o, g, dtype):
-        """RMS-normalise each head (× SiLU of the output gate g when gated); [B, H, T, V] -> [B, T, H·V].
+        """RMS-normalise each head (× SiLU of the output gate g, if any); [B, H, T, V] -> [B, T, H·V].
         Elementwise and recomputed in the backward: only o and g are kept for it, not float32 copies."""
         B, H, T, V = o.shape
         o = o.transpose(1, 2)

@@ -12,8 +12,8 @@ from model_delta import GPT, VARIANTS, GPTConfig, chunked_delta_rule, implied_at
 
 CASES = [dict(variant="deltanet"), dict(variant="gated_deltanet"), dict(variant="gated_deltaproduct", num_householder=2),
          dict(variant="gated_deltaproduct", num_householder=3, allow_neg_eigval=True),
-         dict(variant="deltanet", use_short_conv=False, head_k_dim=4, head_v_dim=6)]
-IDS = ["deltanet", "gated_deltanet", "gated_deltaproduct", "deltaproduct3+neg", "deltanet-noconv-dims"]
+         dict(variant="deltanet", use_short_conv=False, head_k_dim=4, head_v_dim=6), dict(variant="deltanet", use_gate=True)]
+IDS = ["deltanet", "gated_deltanet", "gated_deltaproduct", "deltaproduct3+neg", "deltanet-noconv-dims", "deltanet+gate"]
 
 
 def random_inputs(T, gated, B=2, H=3, K=5, V=4):
@@ -126,11 +126,13 @@ def test_bf16_large_inputs_stay_finite():
 
 
 def test_parameter_counts_are_measured_on_the_module():
-    # the shipped configs' head sizes match vanilla's 10.65M within 3%, counted on the built model
+    # the shipped configs' head sizes (and DeltaNet with an output gate at Gated DeltaNet's) match vanilla's
+    # 10.65M within 3%, counted on the built model
     import model
     base = dict(n_layer=6, n_embd=384, block_size=256, vocab_size=65)
     vanilla = model.GPT(model.GPTConfig(n_head=6, **base)).get_num_params()
     for kw in (dict(variant="deltanet", n_head=6), dict(variant="gated_deltanet", n_head=6, head_k_dim=32, head_v_dim=64),
+               dict(variant="deltanet", use_gate=True, n_head=6, head_k_dim=32, head_v_dim=64),
                dict(variant="gated_deltaproduct", n_head=4, head_k_dim=64, head_v_dim=48)):
         n = GPT(GPTConfig(**kw, **base)).get_num_params()
         assert abs(n / vanilla - 1) < 0.03, (kw, n, vanilla)
@@ -182,6 +184,21 @@ def test_around_the_kernel_the_layer_keeps_no_convolution_or_float32_copy(varian
             kept[conv] = kept_for_backward(lambda: attn(x.requires_grad_(), torch.arange(T)))
     assert sum(b for b, _ in kept[True].values()) == sum(b for b, _ in kept[False].values())
     assert all(b < B * T * C * 4 for b, dtype in kept[True].values() if dtype == torch.float32)
+
+
+def test_deltanet_output_gate_reads_its_own_slice():
+    # g is the projection's last H·V rows: zeroed, SiLU(0) = 0 closes every head, as a zero c_proj weight would
+    gated = tiny(variant="deltanet", use_gate=True)
+    closed = tiny(variant="deltanet", use_gate=True)
+    closed.load_state_dict(gated.state_dict())
+    with torch.no_grad():
+        for block in gated.transformer.h:
+            block.attn.c_attn.weight[-block.attn.sizes[-1]:].zero_()
+        for block in closed.transformer.h:
+            block.attn.c_proj.weight.zero_()
+    idx = torch.randint(0, 11, (2, 16))
+    torch.testing.assert_close(gated(idx)[0], closed(idx)[0], rtol=0, atol=1e-12)
+    assert gated.transformer.h[0].attn.sizes[4:] == [4 * gated.config.v_dim]  # no decay input
 
 
 def test_checkpoints_from_before_the_fused_projection_load():
@@ -259,7 +276,7 @@ def fla_on_the_cpu(monkeypatch):
     monkeypatch.setattr(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "fla")
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[-1]], ids=[IDS[0], IDS[1], IDS[-1]])
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4], CASES[5]], ids=[IDS[0], IDS[1], IDS[4], IDS[5]])
 def test_recomputing_in_the_backward_gives_the_same_gradients(case, fla_on_the_cpu, monkeypatch):
     m = tiny(**case).train()
     idx = torch.randint(0, 11, (2, 16))

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Regularisation for the delta family in the baby GPT, several 3000-iteration runs sharing one H100
 # (one device call, at most SECONDS; each run's metrics.json is rewritten at every evaluation, so a run
-# the limit stops still reports its best so far):
+# the limit stops still reports its best so far, and the same command again resumes it):
 #   bash results/h100/delta/tune.sh DIR [SECONDS [ROUND]]
 # Round 1: dropout 0.3/0.4 at 3000 iterations (every run overfit after iter 750, and five runs sharing
 # the GPU stopped at 2500-2750 within 500 s). Round 2: schedules that end by 1500 iterations, stronger
@@ -13,14 +13,20 @@
 # given): its second seed, no position embedding (the recurrence carries order), decay 1.0, a
 # 1,200-iteration schedule (the best evaluations came at 1200-1400), dropout 0.35, and 3 heads of 128 (the
 # same parameters, twice the state); and two pairs of those (best: decay 1.0 with dropout 0.35, 1.5035).
-# Round 6: around that pair: its second seed, dropout 0.4, decay 1.5, no position embedding, rate 1.5e-3.
+# Round 6: around that pair: its second seed, dropout 0.4, decay 1.5, no position embedding, rate 1.5e-3
+# (best: decay 1.5 with dropout 0.35, 1.5011). Round 7: which half of Gated DeltaNet's gating (1.4775)
+# closes the gap, its output gate without the decay: DeltaNet with `use_gate` at Gated DeltaNet's head
+# sizes (keys 32, values 64: exactly the parameters of the config's 6 x 64), two seeds, Gated DeltaNet's
+# rate 5e-4, and decay 1.0 with dropout 0.35; and round 6's best on seeds 1338 and 1339.
 # Their ms/iter are of a shared GPU: speed is measured alone (results/h100/checks.sh).
 set -uo pipefail
 dir=${1:-/tmp/tune} limit=${2:-540} round=${3:-1}
 mkdir -p "$dir"
-run() { local name=$1 cfg=$2; shift 2
+run() { local name=$1 cfg=$2 from=scratch; shift 2
+  # the same command again on the same machine goes on with what a time limit stopped
+  if [ -f "$dir/$name/ckpt.pt" ]; then grep -q '"status": "done"' "$dir/$name/metrics.json" && return; from=resume; fi
   timeout "$limit" python train_runner.py "config/train_shakespeare_char_$cfg.py" --eval_iters=0 \
-    --wandb_log=False --out_dir="$dir/$name" "$@" > "$dir/$name.log" 2>&1 & }
+    --wandb_log=False --out_dir="$dir/$name" --init_from=$from "$@" >> "$dir/$name.log" 2>&1 & }
 if [ "$round" = 1 ]; then
   run deltanet_d3_lr1e-3 delta --dropout=0.3 --learning_rate=1e-3
   run deltanet_d4_lr1e-3 delta --dropout=0.4 --learning_rate=1e-3
@@ -59,6 +65,14 @@ elif [ "$round" = 6 ]; then
   run deltanet_tuned_wd1.5_d40 delta --eval_interval=100 --weight_decay=1.5 --dropout=0.4
   run deltanet_tuned_wd1_d35_nopos delta --eval_interval=100 --weight_decay=1.0 --dropout=0.35 --pos_emb=none
   run deltanet_tuned_wd1_d35_lr1.5e-3 delta --eval_interval=100 --weight_decay=1.0 --dropout=0.35 --learning_rate=1.5e-3
+elif [ "$round" = 7 ]; then
+  gate="--eval_interval=100 --use_gate=True --head_k_dim=32 --head_v_dim=64"
+  run deltanet_gate delta $gate
+  run deltanet_gate_s1338 delta $gate --seed=1338
+  run deltanet_gate_lr5e-4 delta $gate --learning_rate=5e-4
+  run deltanet_gate_wd1_d35 delta $gate --weight_decay=1.0 --dropout=0.35
+  run deltanet_tuned_wd1.5_d35_s1338 delta --eval_interval=100 --weight_decay=1.5 --dropout=0.35 --seed=1338
+  run deltanet_tuned_wd1.5_d35_s1339 delta --eval_interval=100 --weight_decay=1.5 --dropout=0.35 --seed=1339
 else
   short="--max_iters=1500 --lr_decay_iters=1500 --eval_interval=100 --dropout=0.3 --use_short_conv=False"
   for cfg in gated_delta delta; do  # alone, one after the other: their ms/iter are the speed
