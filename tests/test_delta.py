@@ -320,14 +320,16 @@ def test_the_fla_operator_path_equals_the_reference_and_compiles_without_a_graph
 # -- GPU: flash-linear-attention against the PyTorch path (run on the device machine) -------------
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_gpu_fla_equals_reference(variant):
+@pytest.mark.parametrize("variant, extra", [*((v, {}) for v in VARIANTS),
+                                            ("deltanet", dict(use_gate=True, head_k_dim=32, head_v_dim=64))],
+                         ids=[*VARIANTS, "deltanet+gate"])
+def test_gpu_fla_equals_reference(variant, extra):
     pytest.importorskip("fla")
     import model_delta
     if model_delta.fla_status(variant) is not None:
         pytest.skip(f"FLA cannot run {variant} here: {model_delta.fla_status(variant)}")
     torch.manual_seed(0)
-    m = GPT(GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_head=4, n_embd=256, variant=variant)).cuda()
+    m = GPT(GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_head=4, n_embd=256, variant=variant, **extra)).cuda()
     assert m.kernel_paths("cuda") == ["fla"]
     idx = torch.randint(0, 65, (4, 1024), device="cuda")
     assert_fast_path_matches_reference(m, "use_fla", idx, m.transformer.h[0].attn.c_attn.weight)

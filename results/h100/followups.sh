@@ -6,7 +6,8 @@
 # config now replays its step as CUDA graphs (15.39 ms/iter alone at 5656c55, against 46.5) on a
 # 1,500-iteration schedule. Gated DeltaProduct under CUDA graphs and NSA on its Triton selection were timed
 # at 7cb4cb7 (speed_7cb4cb7/: 23.67 and 37.45 ms/iter). Left, alone, 300 iterations for the training:
-# 1. the delta GPU tests that fc254ce's 170 s step did not reach (each test capped at 100 s)
+# 1. the delta GPU tests that fc254ce's 170 s step did not reach (each test capped at 100 s), and DeltaNet's
+#    output gate (use_gate) on FLA's kernels against the PyTorch form
 # 2. DeltaNet's config as it is now (no short convolutions, CUDA graphs)
 # 3. one DeltaNet layer at 65,536 since the compiled short convolution became shifted products (the
 #    depthwise kernel took 3.3 of its 10.3 ms of GPU time; compiled 12.5 and 13.5 ms at fc254ce, ops_fc254ce/)
@@ -16,7 +17,7 @@ dir=${1:-/tmp/followups}
 mkdir -p "$dir"
 source "$(dirname "$0")/step.sh"
 step delta_tests 110 python -m pytest -v -m gpu --durations=0 --timeout=100 tests/test_delta.py \
-  -k "graph_decoding or chunk_scan"
+  -k "graph_decoding or chunk_scan or gate"
 speed="--max_iters=300 --eval_iters=5 --eval_interval=300 --log_interval=25 --wandb_log=False"
 step delta_config 100 python train_runner.py config/train_shakespeare_char_delta.py $speed --out_dir="$dir/delta_config"
 step layer_65536 90 python results/h100/delta/layer_vs_fla.py "$dir/layer_vs_fla" 65536
