@@ -1335,6 +1335,46 @@ def best_tried_lr(root, name, tried, seeds):
     return min(sorted(tried), key=score)
 
 
+# settings that choose how a run's function is computed, not which: a run trained with other values stands
+KERNEL_KEYS = {"attn_impl", "chunk_size", "scan_from", "use_fla", "use_flex", "use_triton"}
+# what makes a run's result besides its family's model fields
+TRAINING_KEYS = ("model_type", "dataset", "batch_size", "gradient_accumulation_steps", "learning_rate", "max_iters",
+                 "lr_decay_iters", "warmup_iters", "min_lr", "decay_lr", "weight_decay", "beta1", "beta2", "grad_clip", "seed")
+
+
+def changed_settings(old, new):
+    """{key: (old, new)} for the settings that make a run's result (its family's model fields bar the kernel
+    switches, and the training keys) where a run's recorded config `old` differs from `new`. A key the run
+    did not record (it came later) counts as its default; lr_decay_iters 0 means max_iters."""
+    family = family_fields(load_family(new["model_type"])[0])
+    keys = [*TRAINING_KEYS, *sorted(set(family) - KERNEL_KEYS)]
+
+    def value(c, k):
+        v = c.get(k, family.get(k, DEFAULTS.get(k)))
+        return (v or c.get("max_iters")) if k == "lr_decay_iters" else v
+    return {k: (value(old, k), value(new, k)) for k in keys if value(old, k) != value(new, k)}
+
+
+def set_aside_changed(root, runs, stage):
+    """Moves each run folder whose recorded config differs from the run's settings now (a family's config
+    was changed since it trained) to <root>/replaced/, so that it is trained again and nothing is lost."""
+    for folder, _, _, settings in runs:
+        out = root / "runs" / folder
+        old = read_metrics(out).get("config")
+        change = old and changed_settings(old, settings)
+        if not change:
+            continue
+        to = root / "replaced" / folder
+        n = 1
+        while to.exists():
+            n += 1
+            to = root / "replaced" / f"{folder}.{n}"
+        to.parent.mkdir(parents=True, exist_ok=True)
+        out.rename(to)
+        print(f"[{stage}] {folder} was trained with " + ", ".join(f"{k}={a!r}" for k, (a, _) in change.items())
+              + " (now " + ", ".join(f"{b!r}" for _, b in change.values()) + f"): moved to {to}, to train again")
+
+
 def train_runs(cfg, root, runs, stage, sweep_paths, raw):
     """Train each run, a (folder, model, description, settings), into <root>/runs/<folder>/. Finished runs
     (done, diverged, out of memory, failed) are skipped and interrupted ones resumed from their checkpoint.
@@ -1342,6 +1382,7 @@ def train_runs(cfg, root, runs, stage, sweep_paths, raw):
     `--stage=<stage>`, and waits; a worker (sweep_worker >= 0) claims each run before it trains it."""
     workers = cfg["sweep_workers"] or (len(visible_gpus()) * cfg["runs_per_gpu"] if cfg["device"].startswith("cuda") else 1)
     if cfg["sweep_worker"] < 0:  # the data is there (prepared now if it can be), before any run or worker starts
+        set_aside_changed(root, runs, stage)
         for dataset, block_size in sorted({(s["dataset"], s["block_size"]) for _, _, _, s in runs}):
             load_tokens(dataset, block_size, "cpu")
     if workers > 1 and cfg["sweep_worker"] < 0 and unfinished(root, runs):

@@ -72,6 +72,24 @@ def test_bakeoff_writes_the_report_and_a_rerun_redoes_nothing(tiny_sweep, capsys
     assert stamps == {p: p.stat().st_mtime_ns for p in root.glob("runs/*/*")}
 
 
+def test_a_run_whose_config_changed_is_set_aside_and_trained_again(tiny_sweep, capsys):
+    cfg, paths, raw = tiny_sweep
+    cfg = dict(cfg, models_to_test="vanilla")
+    train_runner.sweep(cfg, paths, raw)
+    root = train_runner.sweep_root(cfg)
+    run = root / "runs" / "vanilla_lr0.001_s1337"
+    first = json.loads((run / "metrics.json").read_text())
+    train_runner.sweep(cfg, paths, dict(raw, attn_impl="naive"))  # how the function is computed, not which: it stands
+    assert "already done, skipped" in capsys.readouterr().out
+    train_runner.sweep(cfg, paths, dict(raw, dropout="0.1"))
+    assert "vanilla_lr0.001_s1337 was trained with dropout=0.0 (now 0.1): moved to" in capsys.readouterr().out
+    assert json.loads((root / "replaced" / "vanilla_lr0.001_s1337" / "metrics.json").read_text()) == first
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["status"] == "done" and again["config"]["dropout"] == 0.1
+    train_runner.sweep(cfg, paths, raw)  # and back: the second one set aside beside the first
+    assert (root / "replaced" / "vanilla_lr0.001_s1337.2").is_dir()
+
+
 def test_an_interrupted_run_is_resumed(tiny_sweep, capsys):
     cfg, paths, raw = tiny_sweep
     cfg = dict(cfg, models_to_test="vanilla")
