@@ -1074,6 +1074,7 @@ def bench(cfg, specs=None):
                 print(json.dumps(done[key]) + f"  (kept from {path})")
                 continue
             row = {"model": name, "T": T, "key": key, "commit": env["git_commit"]}  # a kept row keeps its own
+            started = time.perf_counter()
             if device_type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -1119,6 +1120,7 @@ def bench(cfg, specs=None):
                     raise
                 row["status"] = "OOM"
             m = None  # free it before the next model
+            row["wall_s"] = round(time.perf_counter() - started, 2)  # the row's whole cost: build, warm-up, repeats
             rows.append(row)
             print(json.dumps(row))
             tracker.log({f"{name}/{k}": v for k, v in row.items() if k in ("ms", "ms_per_token", "peak_mib")}, T)
@@ -2095,11 +2097,13 @@ def plot_mqar(root, rows, slices):
 
 def bakeoff(cfg, sweep_paths=(), raw=None):
     """The main job: the sweep, then decoding latency and the memory wall for its models, then the report."""
+    start = time.perf_counter()
     specs = sweep(cfg, sweep_paths, raw)
     root = sweep_root(cfg)
-    for stage in ("bench_decode", "bench_memory"):
-        print(f"[bakeoff] {stage}")
+    for stage in ("bench_decode", "bench_memory"):  # where the job's time goes, said as it goes
+        print(f"[bakeoff] {time.perf_counter() - start:.0f} s in: {stage}")
         bench(dict(cfg, stage=stage, out_dir=str(root)), specs=list(specs.items()))
+    print(f"[bakeoff] {time.perf_counter() - start:.0f} s in: report")
     return report(cfg)
 
 

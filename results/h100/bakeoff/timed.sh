@@ -6,5 +6,8 @@
 # In parts of at most SECONDS on one machine (part.sh; nothing committed is copied in):
 #   bash results/h100/bakeoff/timed.sh DIR [SECONDS]
 # DIR/parts.txt adds up the parts' wall seconds: the machine's start and the transfers are not in it.
+# Where they go: each part's log says at how many seconds in each stage began, each run's metrics.json
+# has its wall_time_s, and each benchmark row in bench_*.json its wall_s (build, warm-up and repeats).
+# The 2026-11-22/23 bake-off's benchmarks alone took most of two 10-minute parts (logs/part7-9.log).
 exec bash results/h100/part.sh /nonexistent "${1:-/tmp/bakeoff_timed}" "${2:-560}" --seeds=1337 \
   --lr_bracket=0 --seeds_at_best=
