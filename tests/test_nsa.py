@@ -383,11 +383,14 @@ GPU_SHAPES = [
     dict(n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100, compression="mlp"),
     dict(n_head=16, n_kv_head=1, head_size=44, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100,
          use_triton=True),
+    # the baby config's blocks (config/train_shakespeare_char_nsa.py on CUDA)
+    dict(n_head=16, n_kv_head=1, head_size=44, cmp_block=32, cmp_stride=32, select_block=32, select_count=4, window=64,
+         use_triton=True),
 ]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", GPU_SHAPES, ids=["fla+flex", "flex", "flex-mlp", "flex+triton"])
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=["fla+flex", "flex", "flex-mlp", "flex+triton", "flex+triton-baby"])
 def test_gpu_fast_path_equals_reference(shape):
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_embd=256, pos_emb="rope", **shape)).cuda()
