@@ -125,13 +125,14 @@ def sinusoidal_embedding(pos, dim):
 
 
 def apply_rope(x, pos, base=10000.0):
-    """Rotate pairs (x[2i], x[2i+1]) of x [B, H, T, D] by angle pos * base^(-2i/D)."""
+    """Rotate pairs (x[2i], x[2i+1]) of x [B, H, T, D] by angle pos * base^(-2i/D). q and k go through
+    in one call, as heads of one x: a decoding step is kernel launches, and this is most of rope's."""
     D = x.shape[-1]
     inv_freq = base ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
     angles = pos.float()[:, None] * inv_freq[None, :]  # [T, D/2]
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return torch.stack((torch.addcmul(x1 * cos, x2, sin, value=-1), torch.addcmul(x2 * cos, x1, sin)), dim=-1).flatten(-2)
 
 
 def alibi_slopes(n_head):
@@ -220,13 +221,12 @@ class CausalSelfAttention(nn.Module):
         """x [B, T, C] -> q [B, H, T, D] and k, v [B, Hkv, T, D], q and k rotated when pos_emb='rope'."""
         B, T, C = x.shape
         H, Hkv, D = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.c_attn(x).split([H * D, Hkv * D, Hkv * D], dim=2)
-        q = q.view(B, T, H, D).transpose(1, 2)
-        k = k.view(B, T, Hkv, D).transpose(1, 2)
-        v = v.view(B, T, Hkv, D).transpose(1, 2)
+        qk, v = self.c_attn(x).split([(H + Hkv) * D, Hkv * D], dim=2)
+        qk = qk.view(B, T, H + Hkv, D).transpose(1, 2)
         if self.config.pos_emb == "rope":
-            q, k = apply_rope(q, pos, self.config.rope_base), apply_rope(k, pos, self.config.rope_base)
-        return q, k, v
+            qk = apply_rope(qk, pos, self.config.rope_base)
+        q, k = qk.split([H, Hkv], dim=1)
+        return q, k, v.view(B, T, Hkv, D).transpose(1, 2)
 
     def forward(self, x, pos, cache=None, return_attn=False):
         B, T, C = x.shape

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import assert_causal, decode_stepwise
 
-from model import GPT, POS_EMBS, CausalSelfAttention, GPTConfig, generate_by_recompute
+from model import GPT, POS_EMBS, CausalSelfAttention, GPTConfig, apply_rope, generate_by_recompute
 
 GQA = [4, 2, 1]  # multi-head, grouped, multi-query
 
@@ -50,6 +50,19 @@ def test_sdpa_naive_and_maps_agree(pos_emb, n_kv_head):
     assert len(maps) == 2 and maps[0].shape == (2, 4, 16, 16)
     torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 4, 16, dtype=torch.double))
     assert maps[0].triu(1).abs().max() == 0  # nothing above the diagonal: no future
+
+
+def test_rope_is_a_rotation_of_each_pair_and_scores_depend_on_relative_position():
+    # the reference: pair i of a head as a complex number, times e^{i·pos·θ_i}, θ_i = 10000^(-2i/D)
+    x = torch.randn(2, 3, 7, 8, dtype=torch.double)
+    pos = torch.arange(5, 12)
+    theta = 10000.0 ** (-torch.arange(0, 8, 2, dtype=torch.double) / 8)
+    rotated = torch.view_as_complex(x.view(2, 3, 7, 4, 2)) * torch.polar(torch.ones(7, 4, dtype=torch.double),
+                                                                        pos[:, None] * theta)
+    torch.testing.assert_close(apply_rope(x, pos), torch.view_as_real(rotated).flatten(-2), rtol=0, atol=1e-6)
+    q, k = x[:, :, :1], x[:, :, 1:2]  # q·k after rotating both by positions (m, n) depends on m - n only
+    score = [(apply_rope(q, torch.tensor([m])) * apply_rope(k, torch.tensor([n]))).sum() for m, n in ((3, 1), (9, 7))]
+    torch.testing.assert_close(score[0], score[1], rtol=0, atol=1e-5)
 
 
 def test_alibi_chunks_equal_one_pass(monkeypatch):

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The GPU checks left open, in one device call of about 7 minutes:
+# The GPU checks left open, in one device call of about 8 minutes:
 #   bash results/h100/followups.sh DIR
 # The bake-off's 21 grid runs took 3,917 run-seconds at 3 per GPU (~22 minutes; issue 7 asks for 15 with
 # the benchmarks), two thirds of it NSA (1,079), Gated DeltaProduct (886) and DeltaNet (838). DeltaNet's
@@ -13,6 +13,8 @@
 # 3. DeltaNet's config as it is now (no short convolutions, CUDA graphs)
 # 4. one DeltaNet layer at 65,536 since the compiled short convolution became shifted products (the
 #    depthwise kernel took 3.3 of its 10.3 ms of GPU time; compiled 12.5 and 13.5 ms at fc254ce, ops_fc254ce/)
+# 5. RoPE's decoding since q and k rotate in one call (the bake-off's rope decoded at 0.60 ms/token against
+#    vanilla's 0.29 with the same cache; the rotation was 34 operators per layer and step, now 15)
 # Compiles on a fresh machine take 80-150 s: each step's limit leaves room for them.
 set -uo pipefail
 dir=${1:-/tmp/followups}
@@ -24,3 +26,5 @@ step nsa_baby_triton 100 python -m pytest -v -m gpu --timeout=90 tests/test_nsa.
 speed="--max_iters=300 --eval_iters=5 --eval_interval=300 --log_interval=25 --wandb_log=False"
 step delta_config 100 python train_runner.py config/train_shakespeare_char_delta.py $speed --out_dir="$dir/delta_config"
 step layer_65536 90 python results/h100/delta/layer_vs_fla.py "$dir/layer_vs_fla" 65536
+step rope_decode 90 python train_runner.py config/train_shakespeare_char_rope.py --stage=bench_decode --models=vanilla \
+  --decode_lens=128,16384 --out_dir="$dir/rope_decode"
