@@ -17,7 +17,7 @@
 # (best: decay 1.5 with dropout 0.35, 1.5011). Round 7: which half of Gated DeltaNet's gating (1.4775)
 # closes the gap, its output gate without the decay: DeltaNet with `use_gate` at Gated DeltaNet's head
 # sizes (keys 32, values 64: exactly the parameters of the config's 6 x 64), two seeds, Gated DeltaNet's
-# rate 5e-4, and decay 1.0 with dropout 0.35; and round 6's best on seeds 1338 and 1339.
+# rate 5e-4, and decay 1.0 or 1.5 with dropout 0.35; and round 6's best on seeds 1338 and 1339.
 # Their ms/iter are of a shared GPU: speed is measured alone (results/h100/checks.sh).
 set -uo pipefail
 dir=${1:-/tmp/tune} limit=${2:-540} round=${3:-1}
@@ -71,6 +71,7 @@ elif [ "$round" = 7 ]; then
   run deltanet_gate_s1338 delta $gate --seed=1338
   run deltanet_gate_lr5e-4 delta $gate --learning_rate=5e-4
   run deltanet_gate_wd1_d35 delta $gate --weight_decay=1.0 --dropout=0.35
+  run deltanet_gate_wd1.5_d35 delta $gate --weight_decay=1.5 --dropout=0.35
   run deltanet_tuned_wd1.5_d35_s1338 delta --eval_interval=100 --weight_decay=1.5 --dropout=0.35 --seed=1338
   run deltanet_tuned_wd1.5_d35_s1339 delta --eval_interval=100 --weight_decay=1.5 --dropout=0.35 --seed=1339
 else
