@@ -1582,7 +1582,7 @@ def write_report_md(root, models, env):
              "(stage bakeoff); each run's config is in runs/*/metrics.json.", ""]
     lines += markdown_table(
         ["model", "params", "best LR", "best val (± std)", "final val", "ppl", "seeds", "tokens/s", "MFU", "kernels", "runs"],
-        ([name, fmt(m["params"], ","), fmt(m["best_lr"], ".2g") + (" (edge)" if m.get("best_lr_at_edge") else ""),
+        ([name, fmt(m["params"], ","), fmt(m["best_lr"], ".3g") + (" (edge)" if m.get("best_lr_at_edge") else ""),
           fmt(m["best_val_loss"]) + (f" ± {m['best_val_loss_std']:.4f}" if m["seeds"] > 1 else ""),
           fmt(m["final_val_loss"]), fmt(m["val_perplexity"], ".2f"), m["seeds"], fmt(m["tokens_per_sec"], ",.0f") + shared(m),
           fmt(m["mfu"] and 100 * m["mfu"], ".1f") + ("%" if m["mfu"] else ""), ", ".join(m["kernel_path"]),
@@ -2057,7 +2057,7 @@ def mqar_report(cfg, env=None):
                   "the best of the rates done.", ""]
     lines += markdown_table(["model", "width", "params", "state bytes", "best LR", "rates done", *slices, "all"],
                             ([r["model"], r["width"], fmt(r["params"], ","), f"{r['state_bytes']:,}",
-                              fmt(r["learning_rate"], ".2g") + (" (edge)" if r["best_lr_at_edge"] else ""),
+                              fmt(r["learning_rate"], ".3g") + (" (edge)" if r["best_lr_at_edge"] else ""),
                               f"{r['rates_done']}/{r['rates']}",
                               *(fmt(r["accuracy"] and r["accuracy"][s], ".3f") for s in [*slices, "all"])] for r in rows))
     if any(r["best_lr_at_edge"] for r in rows):
