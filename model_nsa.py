@@ -86,6 +86,11 @@ def per_query_head(t, H):
     return t.repeat_interleave(H // t.shape[1], dim=1) if t.shape[1] != H else t
 
 
+def triton_takes(select_block):
+    """Whether the Triton selection (use_triton) can run blocks of this size: a power of two >= 16."""
+    return select_block >= 16 and select_block & (select_block - 1) == 0
+
+
 @dataclass
 class GPTConfig(model.GPTConfig):
     cmp_block: int = 32  # l: tokens per compressed block
@@ -120,7 +125,7 @@ class GPTConfig(model.GPTConfig):
             raise ValueError(f"window must be >= 0 (0: no window branch), got {self.window}")
         if self.use_triton and triton is None:
             raise ValueError("use_triton needs Triton: pip install triton")
-        if self.use_triton and (self.select_block < 16 or self.select_block & (self.select_block - 1)):
+        if self.use_triton and not triton_takes(self.select_block):
             raise ValueError(f"use_triton needs select_block a power of two >= 16, got {self.select_block}")
 
     @property

@@ -1354,7 +1354,8 @@ def changed_settings(old, new):
     def value(c, k):
         v = c.get(k, family.get(k, DEFAULTS.get(k)))
         return (v or c.get("max_iters")) if k == "lr_decay_iters" else v
-    return {k: (value(old, k), value(new, k)) for k in keys if value(old, k) != value(new, k)}
+    pairs = {k: (value(old, k), value(new, k)) for k in keys}
+    return {k: (a, b) for k, (a, b) in pairs.items() if a != b}
 
 
 def set_aside_changed(root, runs, stage):

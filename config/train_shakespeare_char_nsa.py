@@ -18,5 +18,7 @@ head_size = 44 if n_embd == 384 else 14  # noqa: F821 (the CPU profile: 128 wide
 use_fla = False
 # and its selected branch in model_nsa's Triton kernel where the blocks allow it: the baby NSA trained
 # at 37.4 ms/iter alone on the H100 that way, 49.5 without (results/h100/speed_7cb4cb7, nsa/)
-use_triton = device == "cuda" and select_block >= 16 and select_block & (select_block - 1) == 0  # noqa: F821
+from model_nsa import triton_takes  # noqa: E402
+
+use_triton = device == "cuda" and triton_takes(select_block)  # noqa: F821
 compile_mode = "default"
