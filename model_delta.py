@@ -393,9 +393,10 @@ class DeltaAttention(nn.Module):
         c = self.config
         B, T, _ = x.shape
         H, n = c.n_head, c.steps
-        q, k, v, b, *gates = self.c_attn(x).split(self.sizes, dim=-1)
-        a = gates.pop(0) if c.gated else None
-        g = gates.pop(0) if c.output_gate else None
+        parts = self.c_attn(x).split(self.sizes, dim=-1)  # q, k, v, beta, then the decay's and the gate's
+        q, k, v, b = parts[:4]
+        a = parts[4] if c.gated else None
+        g = parts[-1] if c.output_gate else None  # (indexed: a compiled forward made `*gates` a tuple)
         q, k, v = recompute(self._convolve, q, k, v, cache, enabled=lean and c.use_short_conv)
         wide = model.wide_dtype(x.dtype)
         beta = torch.sigmoid(b.to(wide)).view(B, T * n, H) * (2.0 if c.allow_neg_eigval else 1.0)
