@@ -17,7 +17,8 @@
 # (best: decay 1.5 with dropout 0.35, 1.5011). Round 7: which half of Gated DeltaNet's gating (1.4775)
 # closes the gap, its output gate without the decay: DeltaNet with `use_gate` at Gated DeltaNet's head
 # sizes (keys 32, values 64: exactly the parameters of the config's 6 x 64), two seeds, Gated DeltaNet's
-# rate 5e-4, and decay 1.0 or 1.5 with dropout 0.35; and round 6's best on seeds 1338 and 1339.
+# rate 5e-4, and decay 1.0 or 1.5 with dropout 0.35; and round 6's best on seeds 1338 and 1339 (the gate
+# alone: 1.512-1.539, worse than without it; round 6's best 1.5041 and 1.5162 on the other seeds).
 # Their ms/iter are of a shared GPU: speed is measured alone (results/h100/checks.sh).
 set -uo pipefail
 dir=${1:-/tmp/tune} limit=${2:-540} round=${3:-1}
