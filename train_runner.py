@@ -117,6 +117,7 @@ seq_lens = "256,1024,4096,16384,65536"  # bench_layer and bench_memory
 tokens_per_batch = 16384  # bench_layer and bench_memory: batch = tokens_per_batch // T
 decode_lens = "128,256,512,1024,4096,16384"  # bench_decode: prompt lengths, batch 1
 trials = 10
+decode_trials = 3  # bench_decode's repeats: each is already the mean of DECODE_TOKENS steps
 trial_seconds = 10.0  # a slow row stops repeating after this long (3 repeats at least)
 profile = False  # bench_layer and bench_memory: also profile one step of each row, to profile_<model>_<T>.txt
 # looking inside: --stage=eval (a checkpoint's val loss) and --stage=inspect (attention maps, entropy,
@@ -1025,7 +1026,8 @@ def bench_key(stage, name, settings, T, cfg):
     """What a benchmark row's number depends on, hashed: the model as built, the length, the batch, the
     repeats, the device and torch."""
     module, _ = load_family(settings["model_type"])
-    what = {"stage": stage, "model": name, "T": T, "trials": cfg["trials"], "seconds": cfg["trial_seconds"],
+    trials = cfg["decode_trials" if stage == "bench_decode" else "trials"]
+    what = {"stage": stage, "model": name, "T": T, "trials": trials, "seconds": cfg["trial_seconds"],
             "device": cfg["device"], "torch": torch.__version__,
             "tokens_per_batch": cfg["tokens_per_batch"] if stage != "bench_decode" else None,
             **{k: settings.get(k) for k in family_fields(module)}}
@@ -1107,7 +1109,7 @@ def bench(cfg, specs=None):
                     prompt = torch.randint(0, 65, (1, T), device=device)
                     with autocast:
                         row["ms_per_token"] = median_of(lambda: decode_ms_per_token(m, prompt, device_type),
-                                                        cfg["trials"], cfg["trial_seconds"])
+                                                        cfg["decode_trials"], cfg["trial_seconds"])
                 if stage != "bench_decode":  # bench_layer's and bench_memory's step
                     row["ms"] = timed_median(step, device_type, cfg["trials"], cfg["trial_seconds"])
                     if cfg["profile"]:
@@ -1120,7 +1122,7 @@ def bench(cfg, specs=None):
                     raise
                 row["status"] = "OOM"
             m = None  # free it before the next model
-            row["wall_s"] = round(time.perf_counter() - started, 2)  # the row's whole cost: build, warm-up, repeats
+            row["wall_s"] = round(time.perf_counter() - started, 3)  # the row's whole cost: build, warm-up, repeats
             rows.append(row)
             print(json.dumps(row))
             tracker.log({f"{name}/{k}": v for k, v in row.items() if k in ("ms", "ms_per_token", "peak_mib")}, T)

@@ -42,7 +42,7 @@ def tiny_sweep(shakespeare, tmp_path):
         "n_layer, n_head, n_embd, block_size, batch_size = 2, 4, 32, 32, 8\n"
         "max_iters = lr_decay_iters = 6\neval_interval, eval_iters, log_interval, warmup_iters = 3, 2, 3, 1\n"
         "learning_rates = '1e-3'\nmodels_to_test = 'vanilla,linear,nsa,mamba'\n"
-        "decode_lens, seq_lens, tokens_per_batch, trials = '8,16', '16,32', 64, 1\n")
+        "decode_lens, seq_lens, tokens_per_batch, trials, decode_trials = '8,16', '16,32', 64, 1, 1\n")
     paths = [str(cfg_file)]
     raw = {"device": "cpu", "sweep_dir": str(tmp_path / "sweep")}
     return configure(train_runner.DEFAULTS, paths, raw_overrides=raw), paths, raw
@@ -154,7 +154,7 @@ def test_bench_memory_records_out_of_memory_as_a_row(tmp_path, monkeypatch):
     rows = train_runner.bench(cfg)["rows"]
     oom = {k: v for k, v in rows[1].items() if k not in ("key", "commit", "wall_s")}
     assert rows[0]["T"] == 16 and rows[0]["ms"] > 0 and oom == {"model": "vanilla", "T": 32, "status": "OOM"}
-    assert rows[0]["wall_s"] >= rows[0]["ms"] / 1e3 * 2  # the row's whole cost: its warm-up and repeats too
+    assert rows[0]["wall_s"] > rows[0]["ms"] / 1e3 * 1.5  # the row's whole cost: its build and warm-up too
     table = (tmp_path / "bench_memory.md").read_text()
     assert "| model | 16 | 32 |" in table and table.rstrip().endswith("| OOM |")
 

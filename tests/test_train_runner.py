@@ -230,7 +230,7 @@ def test_dataset_is_prepared_on_first_use(tmp_path, monkeypatch):
 
 
 def test_benchmarks_on_cpu(tmp_path):
-    common = dict(models="vanilla,linear", n_embd=32, n_head=4, n_layer=2, trials=2, device="cpu",
+    common = dict(models="vanilla,linear", n_embd=32, n_head=4, n_layer=2, trials=2, decode_trials=2, device="cpu",
                   pos_emb="none", out_dir=str(tmp_path))
     layer = train_runner.bench(configure(train_runner.DEFAULTS, overrides=dict(
         common, stage="bench_layer", seq_lens="32,128", tokens_per_batch=256)))
@@ -250,7 +250,7 @@ def test_benchmarks_on_cpu(tmp_path):
     assert next(r for r in kept if r["model"] == "linear" and r["T"] == 8) in decode["rows"]  # kept, not re-run
     # measured again with other settings (a stale key): the new row replaces the old, never sits beside it
     train_runner.bench(configure(train_runner.DEFAULTS, overrides=dict(
-        common, models="linear", stage="bench_decode", decode_lens="8", trials=1)))
+        common, models="linear", stage="bench_decode", decode_lens="8", decode_trials=1)))
     rows = json.loads((tmp_path / "bench_decode.json").read_text())["rows"]
     assert sorted((r["model"], r["T"]) for r in rows) == sorted((r["model"], r["T"]) for r in kept)
 
