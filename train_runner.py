@@ -383,16 +383,24 @@ def model_from_checkpoint(ckpt, path="checkpoint"):
 # -----------------------------------------------------------------------------
 # data: the whole token stream lives on the device; batches are gathered there
 
+def prepare_data(dataset_name):
+    """The dataset's folder, its train.bin, val.bin and meta.pkl made first from an input.txt beside its
+    prepare.py if they are not there yet (a fresh checkout with the text copied in)."""
+    folder = DATA_ROOT / dataset_name
+    if not (folder / "train.npz").exists() and not (folder / "train.bin").exists() \
+            and (folder / "prepare.py").exists() and (folder / "input.txt").exists():
+        print(f"preparing {folder} from its input.txt")
+        subprocess.run([sys.executable, str(folder / "prepare.py")], check=True)
+    return folder
+
+
 def load_tokens(dataset_name, block_size, device):
     """A dataset's train and val splits on the device: a token stream per split (train.bin / val.bin),
     or for a dataset of whole sequences (train.npz / val.npz, e.g. MQAR) a dict of inputs, targets
     (-1 where the loss ignores a position) and each sequence's slice (seq_len, kv_pairs)."""
-    folder = DATA_ROOT / dataset_name
+    folder = prepare_data(dataset_name)
     if (folder / "train.npz").exists():
         return {split: load_sequences(folder / f"{split}.npz", block_size, device) for split in ("train", "val")}
-    if not (folder / "train.bin").exists() and (folder / "prepare.py").exists() and (folder / "input.txt").exists():
-        print(f"preparing {folder} from its input.txt")
-        subprocess.run([sys.executable, str(folder / "prepare.py")], check=True)
     splits = {}
     for split in ("train", "val"):
         path = folder / f"{split}.bin"
@@ -1251,6 +1259,8 @@ def sweep(cfg, sweep_paths=(), raw=None):
             print(f"[sweep] skipping {name}: {e}")
     if not specs:
         raise UserError("models_to_test names no model that can be built")
+    for dataset in {settings["dataset"] for settings in specs.values()}:
+        prepare_data(dataset)  # its meta.pkl holds the vocabulary that the parameter counts depend on
     target = cfg["target_params"] or count_params(specs.get("vanilla") or model_settings("vanilla", sweep_paths, raw))
     table = []
     for name, settings in specs.items():
@@ -1264,7 +1274,8 @@ def sweep(cfg, sweep_paths=(), raw=None):
                              f"{r['off_target_pct']:+.1f}%{' (matched)' if r['changed'] else ''}"] for r in table))
     write_json(root / "param_matching.json", {"target": target, "rows": table, "skipped": skipped})
     atomic_write(root / "param_matching.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
-    print(f"[sweep] parameter matching, target {target:,}:\n" + "\n".join(lines))
+    if cfg["sweep_worker"] < 0:  # the sweep's own process says it; each of its workers matches again, silently
+        print(f"[sweep] parameter matching, target {target:,}:\n" + "\n".join(lines))
 
     def sweep_run(name, lr, seed):  # (folder, model, description, settings), as train_runs takes a run
         return (run_folder(name, lr, seed), name, f"{name} lr={lr:g} seed={seed}",

@@ -229,6 +229,24 @@ def test_dataset_is_prepared_on_first_use(tmp_path, monkeypatch):
     assert m["status"] == "done"
 
 
+def test_sweep_prepares_the_dataset_before_matching_parameters(tmp_path, monkeypatch):
+    # on a fresh checkout only input.txt is there: counting before preparing would take GPT-2's vocabulary
+    toy = tmp_path / "toy"
+    toy.mkdir()
+    (toy / "prepare.py").write_text((ROOT / "data" / "shakespeare_char" / "prepare.py").read_text())
+    (toy / "input.txt").write_text("".join(f"{i % 7} abc xyz\n" for i in range(400)))
+    monkeypatch.setattr(train_runner, "DATA_ROOT", tmp_path)
+    cfg_file = tmp_path / "sweep.py"
+    cfg_file.write_text("dataset = 'toy'\nn_layer, n_head, n_embd, block_size, batch_size = 1, 2, 16, 16, 4\n"
+                        "max_iters = lr_decay_iters = 1\neval_interval, eval_iters = 1, 1\nlearning_rates = '1e-3'\n"
+                        "models_to_test = 'vanilla'\n")
+    raw = {"device": "cpu", "sweep_dir": str(tmp_path / "sweep")}
+    train_runner.sweep(configure(train_runner.DEFAULTS, [str(cfg_file)], raw_overrides=raw), [str(cfg_file)], raw)
+    matched = json.loads((tmp_path / "sweep" / "param_matching.json").read_text())
+    run = json.loads((tmp_path / "sweep" / "runs" / "vanilla_lr0.001_s1337" / "metrics.json").read_text())
+    assert matched["target"] == matched["rows"][0]["params"] == run["params"]  # the 12-character vocabulary's count
+
+
 def test_benchmarks_on_cpu(tmp_path):
     common = dict(models="vanilla,linear", n_embd=32, n_head=4, n_layer=2, trials=2, decode_trials=2, device="cpu",
                   pos_emb="none", out_dir=str(tmp_path))
