@@ -224,12 +224,22 @@ def masked_softmax(scores, allowed):
     return torch.softmax(scores, dim=-1).masked_fill(empty, 0.0)
 
 
-def cmp_probs(q, kc, t, config):
+def grouped(a, b):
+    """a [B, H, Q, X] @ b [B, Hkv, X, Y] -> [B, H, Q, Y], query head h against K/V head h // (H / Hkv):
+    a group's query heads as more rows of one product, instead of b repeated per query head."""
+    B, H, Q, X = a.shape
+    Hkv = b.shape[1]
+    return (a.reshape(B, Hkv, H // Hkv * Q, X) @ b).view(B, H, Q, b.shape[-1])
+
+
+def cmp_probs(q, kc, t, config, visible=None):
     """The compressed branch's weights [B, H, Q, Tc] for q [B, H, Q, D] at positions t [Q], in float32 at
-    least: the selection ranks them, and bf16-rounded scores would reorder near-ties."""
+    least: the selection ranks them, and bf16-rounded scores would reorder near-ties. visible: cmp_visible's
+    mask, where a caller has it already."""
     wide = model.wide_dtype(q.dtype)
-    scores = q.to(wide) @ model_sparse.repeat_kv(kc, q.shape[1]).transpose(-1, -2).to(wide)
-    return masked_softmax(scores * (1.0 / math.sqrt(q.shape[-1])), cmp_visible(t, kc.shape[2], config))
+    scores = grouped(q.to(wide), kc.transpose(-1, -2).to(wide))
+    visible = cmp_visible(t, kc.shape[2], config) if visible is None else visible
+    return masked_softmax(scores * (1.0 / math.sqrt(q.shape[-1])), visible)
 
 
 def chosen_blocks(p_cmp, t, n_sel, config, tables=None):
@@ -264,7 +274,7 @@ def nsa_branches(q, k, v, kc, vc, t, config, want_maps=False):
     Returns (o_cmp, o_slc, o_win) [B, H, Q, D], and with want_maps their [B, H, Q, ·] weights."""
     H, Hkv, Tk = q.shape[1], k.shape[1], k.shape[2]
     p_cmp = cmp_probs(q, kc, t, config)
-    o_cmp = p_cmp.to(v.dtype) @ model_sparse.repeat_kv(vc, H)
+    o_cmp = grouped(p_cmp.to(v.dtype), vc)
 
     key = torch.arange(Tk, device=q.device)
     sel = select_blocks(p_cmp.detach(), t, config.n_select_blocks(Tk), config)
@@ -289,27 +299,30 @@ def nsa_branches(q, k, v, kc, vc, t, config, want_maps=False):
     return (o_cmp, o_slc, o_win), (w_cmp, w_slc, w_win)
 
 
-def nsa_step(q, k, v, kc, vc, pos, config, tables=None):
+def nsa_step(q, cache, pos, config):
     """One decoding step: the three branches of nsa_branches for q [B, H, 1, D] at position pos [1],
-    over the static cache k, v [B, Hkv, L, D] (nothing written after pos) and its compressed blocks,
+    over an NSACache's static k, v [B, Hkv, L, D] (nothing written after pos) and its compressed blocks,
     gathering just the keys each branch reads: O(n·l' + window + L/d) per step instead of O(L)."""
     B, H, _, D = q.shape
+    k, v = cache.k.to(q.dtype), cache.v.to(q.dtype)
+    kc, vc = cache.kc[:, :, :-1].to(q.dtype), cache.vc[:, :, :-1].to(q.dtype)
     Hkv, L = k.shape[1], k.shape[2]
     size, w = config.select_block, config.window
-    p_cmp = cmp_probs(q, kc, pos, config)
-    o_cmp = p_cmp.to(v.dtype) @ model_sparse.repeat_kv(vc, H)
+    p_cmp = cmp_probs(q, kc, pos, config, visible=cache._ends <= pos[:, None])
+    o_cmp = grouped(p_cmp.to(v.dtype), vc)
+    q_rows = q.reshape(B, Hkv, H // Hkv, D)  # at one position a K/V head's query heads are rows over the same keys
 
     def attend(keys, ok):  # keys [B, Hkv, N] positions to gather, ok [B, Hkv, N] which of them count
         idx = keys.clamp(0, L - 1)[..., None].expand(-1, -1, -1, D)
-        mask = ok.repeat_interleave(H // Hkv, dim=1)[:, :, None]
-        return F.scaled_dot_product_attention(q, k.gather(2, idx), v.gather(2, idx), attn_mask=mask, enable_gqa=H != Hkv)
+        o = F.scaled_dot_product_attention(q_rows, k.gather(2, idx), v.gather(2, idx), attn_mask=ok[:, :, None])
+        return o.view(B, H, 1, D)
 
-    ids = chosen_blocks(p_cmp, pos, config.n_select_blocks(L), config, tables)[:, :, 0]  # [B, Hkv, n]
-    keys = (ids[..., None] * size + torch.arange(size, device=q.device)).flatten(-2)
+    ids = chosen_blocks(p_cmp, pos, config.n_select_blocks(L), config, cache._importance)[:, :, 0]  # [B, Hkv, n]
+    keys = (ids[..., None] * size + cache._in_block).flatten(-2)
     o_slc = attend(keys, (ids[..., None] >= 0).expand(-1, -1, -1, size).flatten(-2) & (keys <= pos))
     if w == 0:
         return o_cmp, o_slc, torch.zeros_like(o_slc)
-    recent = (pos - w + 1 + torch.arange(w, device=q.device)).expand(B, Hkv, w)
+    recent = (pos + cache._back).expand(B, Hkv, w)
     return o_cmp, o_slc, attend(recent, recent >= 0)
 
 
@@ -731,9 +744,20 @@ class NSACache(model.KVCache):
         self.n_blocks = config.n_cmp_blocks(config.block_size)
         shape = (batch_size, config.n_kv_head, self.n_blocks + 1, config.head_dim)
         self.kc, self.vc = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
-        # the selection's gather, built once: a step would otherwise rebuild it (a dozen small kernels per layer);
-        # a constant of the model, not state of the sequence (the leading _ keeps it out of state_bytes)
-        self._importance = importance_tables(self.n_blocks, config.n_select_blocks(config.block_size), config, device)
+        # constants of the model, not state of the sequence (the leading _ keeps them out of state_bytes), built
+        # once: each step of each layer would otherwise compute them again, a few small kernels apiece.
+        # The selection's gather; where each compressed block ends (visible from there on); and for each
+        # position p, the first of the l keys that a block ending at p pools and the slot that block goes to
+        # (the spare slot where p ends no block: one shape for every step).
+        L, size, d = config.block_size, config.cmp_block, config.cmp_stride
+        self._importance = importance_tables(self.n_blocks, config.n_select_blocks(L), config, device)
+        self._ends = torch.arange(self.n_blocks, device=device) * d + size - 1
+        start = torch.arange(L, device=device) + 1 - size
+        self._first, self._offsets = start.clamp(min=0), torch.arange(size, device=device)
+        self._slot = torch.where((start >= 0) & (start % d == 0), start.div(d, rounding_mode="floor"), self.n_blocks)
+        # a selected block's keys from its first, and the window's from the newest (pos + 1 - w .. pos)
+        self._in_block = torch.arange(config.select_block, device=device)
+        self._back = torch.arange(1 - config.window, 1, device=device)
 
     def write_compressed(self, kc, vc, slots):
         self.kc.index_copy_(2, slots, kc.to(self.kc.dtype))
@@ -785,8 +809,7 @@ class NSAAttention(model.CausalSelfAttention):
             cache.write(k, v, pos)
         if cache is not None and T == 1:
             self._compress_step(cache, pos)
-            y = combine(nsa_step(q, cache.k.to(q.dtype), cache.v.to(q.dtype), cache.kc[:, :, :-1].to(q.dtype),
-                                 cache.vc[:, :, :-1].to(q.dtype), pos, c, cache._importance), gates)
+            y = combine(nsa_step(q, cache, pos, c), gates)
         else:
             kc, vc = self.compressed(k, v)
             if cache is not None:  # a prefill from position 0: its complete blocks
@@ -827,13 +850,10 @@ class NSAAttention(model.CausalSelfAttention):
     def _compress_step(self, cache, pos):
         """After the key at pos is written: if it completes compressed block i (pos + 1 - l = i·d),
         compress that block into slot i; otherwise into the spare slot. No host synchronisation."""
-        c = self.config
-        start = pos + 1 - c.cmp_block
-        idx = start.clamp(min=0) + torch.arange(c.cmp_block, device=pos.device)
+        idx = cache._first.index_select(0, pos) + cache._offsets
         kb, vb = (t.index_select(2, idx).unsqueeze(2) for t in (cache.k, cache.v))  # [B, Hkv, 1, l, D]
         kc, vc = pool(kb, self.k_compress), pool(vb, self.v_compress)
-        done = (start >= 0) & (start % c.cmp_stride == 0)
-        cache.write_compressed(kc, vc, torch.where(done, start.div(c.cmp_stride, rounding_mode="floor"), cache.n_blocks))
+        cache.write_compressed(kc, vc, cache._slot.index_select(0, pos))
 
 
 class GPT(model.GPT):
