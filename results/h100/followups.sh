@@ -10,11 +10,14 @@
 #    output gate (use_gate) on FLA's kernels against the PyTorch form
 # 2. NSA's flex+triton path at the baby config's blocks of 32 (its config takes it on CUDA now) against
 #    the reference
-# 3. DeltaNet's config as it is now (no short convolutions, CUDA graphs)
+# 3. DeltaNet's config as it is now (no short convolutions, CUDA graphs), alone (the timed bake-off ran it
+#    beside two other runs: 28.3 ms/iter)
 # 4. one DeltaNet layer at 65,536 since the compiled short convolution became shifted products (the
 #    depthwise kernel took 3.3 of its 10.3 ms of GPU time; compiled 12.5 and 13.5 ms at fc254ce, ops_fc254ce/)
-# 5. RoPE's decoding since q and k rotate in one call (the bake-off's rope decoded at 0.60 ms/token against
-#    vanilla's 0.29 with the same cache; the rotation was 34 operators per layer and step, now 15)
+# 5. NSA's decoding since a step runs 485 operators instead of 611 (NSACache's constants, no repeat of the
+#    cache per query head), and its CUDA-graph decoding test (1.66-1.78 ms/token in timed_f22cbc7)
+# RoPE's decoding since q and k rotate in one call was measured in bakeoff/timed_f22cbc7 (0.43-0.55
+# ms/token, against 0.60-0.73 in the bake-off and vanilla's 0.29-0.38).
 # Compiles on a fresh machine take 80-150 s: each step's limit leaves room for them.
 set -uo pipefail
 dir=${1:-/tmp/followups}
@@ -22,9 +25,9 @@ mkdir -p "$dir"
 source "$(dirname "$0")/step.sh"
 step delta_tests 110 python -m pytest -v -m gpu --durations=0 --timeout=100 tests/test_delta.py \
   -k "graph_decoding or chunk_scan or gate"
-step nsa_baby_triton 100 python -m pytest -v -m gpu --timeout=90 tests/test_nsa.py -k "triton-baby"
+step nsa_tests 100 python -m pytest -v -m gpu --timeout=90 tests/test_nsa.py -k "triton-baby or graph_decoding"
 speed="--max_iters=300 --eval_iters=5 --eval_interval=300 --log_interval=25 --wandb_log=False"
 step delta_config 100 python train_runner.py config/train_shakespeare_char_delta.py $speed --out_dir="$dir/delta_config"
 step layer_65536 90 python results/h100/delta/layer_vs_fla.py "$dir/layer_vs_fla" 65536
-step rope_decode 90 python train_runner.py config/train_shakespeare_char_rope.py --stage=bench_decode --models=vanilla \
-  --decode_lens=128,16384 --out_dir="$dir/rope_decode"
+step nsa_decode 90 python train_runner.py config/train_shakespeare_char_nsa.py --stage=bench_decode --models=nsa \
+  --decode_lens=128,16384 --out_dir="$dir/nsa_decode"
