@@ -190,9 +190,15 @@ class BlockMLP(nn.Module):
         return self.fc2(F.gelu(self.fc1((blocks + self.pos.to(blocks.dtype)).flatten(-2))))
 
 
-def cmp_visible(t, n_blocks, config):
-    """[Q, Tc] bool: compressed block i complete by query position t (i·d + l - 1 <= t)."""
-    ends = torch.arange(n_blocks, device=t.device) * config.cmp_stride + config.cmp_block - 1
+def block_ends(n_blocks, config, device):
+    """[Tc]: the position at which compressed block i is complete, i·d + l - 1."""
+    return torch.arange(n_blocks, device=device) * config.cmp_stride + config.cmp_block - 1
+
+
+def cmp_visible(t, n_blocks, config, ends=None):
+    """[Q, Tc] bool: compressed block i complete by query position t; ends: block_ends, where a caller
+    holds them already."""
+    ends = block_ends(n_blocks, config, t.device) if ends is None else ends
     return ends[None, :] <= t[:, None]
 
 
@@ -232,14 +238,12 @@ def grouped(a, b):
     return (a.reshape(B, Hkv, H // Hkv * Q, X) @ b).view(B, H, Q, b.shape[-1])
 
 
-def cmp_probs(q, kc, t, config, visible=None):
+def cmp_probs(q, kc, t, config, ends=None):
     """The compressed branch's weights [B, H, Q, Tc] for q [B, H, Q, D] at positions t [Q], in float32 at
-    least: the selection ranks them, and bf16-rounded scores would reorder near-ties. visible: cmp_visible's
-    mask, where a caller has it already."""
+    least: the selection ranks them, and bf16-rounded scores would reorder near-ties. ends: as cmp_visible's."""
     wide = model.wide_dtype(q.dtype)
     scores = grouped(q.to(wide), kc.transpose(-1, -2).to(wide))
-    visible = cmp_visible(t, kc.shape[2], config) if visible is None else visible
-    return masked_softmax(scores * (1.0 / math.sqrt(q.shape[-1])), visible)
+    return masked_softmax(scores * (1.0 / math.sqrt(q.shape[-1])), cmp_visible(t, kc.shape[2], config, ends))
 
 
 def chosen_blocks(p_cmp, t, n_sel, config, tables=None):
@@ -308,7 +312,7 @@ def nsa_step(q, cache, pos, config):
     kc, vc = cache.kc[:, :, :-1].to(q.dtype), cache.vc[:, :, :-1].to(q.dtype)
     Hkv, L = k.shape[1], k.shape[2]
     size, w = config.select_block, config.window
-    p_cmp = cmp_probs(q, kc, pos, config, visible=cache._ends <= pos[:, None])
+    p_cmp = cmp_probs(q, kc, pos, config, ends=cache._ends)
     o_cmp = grouped(p_cmp.to(v.dtype), vc)
     q_rows = q.reshape(B, Hkv, H // Hkv, D)  # at one position a K/V head's query heads are rows over the same keys
 
@@ -751,7 +755,7 @@ class NSACache(model.KVCache):
         # (the spare slot where p ends no block: one shape for every step).
         L, size, d = config.block_size, config.cmp_block, config.cmp_stride
         self._importance = importance_tables(self.n_blocks, config.n_select_blocks(L), config, device)
-        self._ends = torch.arange(self.n_blocks, device=device) * d + size - 1
+        self._ends = block_ends(self.n_blocks, config, device)
         start = torch.arange(L, device=device) + 1 - size
         self._first, self._offsets = start.clamp(min=0), torch.arange(size, device=device)
         self._slot = torch.where((start >= 0) & (start % d == 0), start.div(d, rounding_mode="floor"), self.n_blocks)
