@@ -319,7 +319,7 @@ def nsa_step(q, cache, pos, config):
     def attend(keys, ok):  # keys [B, Hkv, N] positions to gather, ok [B, Hkv, N] which of them count
         idx = keys.clamp(0, L - 1)[..., None].expand(-1, -1, -1, D)
         o = F.scaled_dot_product_attention(q_rows, k.gather(2, idx), v.gather(2, idx), attn_mask=ok[:, :, None])
-        return o.view(B, H, 1, D)
+        return o.reshape(B, H, 1, D)  # CUDA's SDPA may hand back [B, Hkv, G, D] with G and Hkv swapped in memory
 
     ids = chosen_blocks(p_cmp, pos, config.n_select_blocks(L), config, cache._importance)[:, :, 0]  # [B, Hkv, n]
     keys = (ids[..., None] * size + cache._in_block).flatten(-2)

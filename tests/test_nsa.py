@@ -385,7 +385,7 @@ GPU_SHAPES = [
          use_triton=True),
     # the baby config's blocks (config/train_shakespeare_char_nsa.py on CUDA)
     dict(n_head=16, n_kv_head=1, head_size=44, cmp_block=32, cmp_stride=32, select_block=32, select_count=4, window=64,
-         use_triton=True),
+         use_triton=True, use_fla=False),  # FLA could run these blocks: the config turns it off
 ]
 
 
@@ -400,7 +400,8 @@ def test_gpu_fast_path_equals_reference(shape):
     expected = "flex+triton" if shape.get("use_triton") else "fla+flex" if "head_size" in shape else "flex"
     assert model.kernel_paths("cuda") == [expected]
     idx = torch.randint(0, 65, (2, 1024), device="cuda")
-    assert_fast_path_matches_reference(model, ("use_fla", "use_flex"), idx, model.transformer.h[0].attn.c_attn.weight)
+    flags = ("use_fla", "use_flex") if expected == "fla+flex" else ("use_flex",)  # a fast pass must not turn FLA on
+    assert_fast_path_matches_reference(model, flags, idx, model.transformer.h[0].attn.c_attn.weight)
 
 
 def paper_sized_triton(G, D, size, n=16):
