@@ -34,8 +34,8 @@ small step per chunk. On CUDA the same function runs in flash-linear-attention's
 (bf16); DeltaNet's are wrapped as a PyTorch operator, so torch.compile and CUDA graphs take them in
 whole. The layer keeps one bf16 copy of its input and its projections for the backward and recomputes
 the convolutions and the output norm there. FLA's gated kernels refuse some setups (Triton >= 3.4,
-< 3.7.1 on Hopper); the layer then falls back to the PyTorch form with one warning, and kernel_path
-says 'pytorch-fallback'.
+< 3.7.1 on Hopper), and on that setup FLA's delta rule faults when keys and values differ in width; the
+layer then falls back to the PyTorch form with one warning, and kernel_path says 'pytorch-fallback'.
 
 Decoding carries S (and the last conv_size-1 projections for the convolutions): constant memory
 and time per token. With learned positions the context is capped at block_size like softmax's;
@@ -205,23 +205,41 @@ def implied_attention(q, k, beta, log_alpha=None):
 # -----------------------------------------------------------------------------
 # flash-linear-attention: imported on first use, probed once per variant
 
-FLA_STATUS = {}  # variant -> None (works) or the reason it cannot run here
+FLA_STATUS = {}  # fla_key(...) -> None (works) or the reason it cannot run here
 
 
-@torch.compiler.disable
-def fla_status(variant):
-    """None if FLA's kernel for this variant runs forward and backward on this GPU, else the reason."""
-    if variant not in FLA_STATUS:
+def fla_key(variant, equal_heads=True):
+    return variant if equal_heads else f"{variant} with head_k_dim != head_v_dim"
+
+
+def fla_status(variant, equal_heads=True):
+    """None if FLA's kernel for this variant runs forward and backward on this GPU (with keys and values of
+    different widths where equal_heads is False), else the reason."""
+    key = fla_key(variant, equal_heads)
+    if key not in FLA_STATUS:
         try:
             fn = fla_kernel(variant)
+            if not equal_heads:
+                refuse_unequal_heads()
             with torch.inference_mode(False), torch.enable_grad():  # a backward, even when the first call decodes
                 probe_fla_kernel(fn, variant)
-            FLA_STATUS[variant] = None
+            FLA_STATUS[key] = None
         except Exception as e:  # ImportError, a Triton error, FLA refusing this Triton
-            FLA_STATUS[variant] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            warnings.warn(f"flash-linear-attention cannot run {variant} here ({FLA_STATUS[variant]}); "
+            FLA_STATUS[key] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            warnings.warn(f"flash-linear-attention cannot run {key} here ({FLA_STATUS[key]}); "
                           "using the PyTorch chunked form instead (slower, same function)", stacklevel=2)
-    return FLA_STATUS[variant]
+    return FLA_STATUS[key]
+
+
+def refuse_unequal_heads():
+    # On an H100 with Triton 3.6, FLA 0.6.0's own chunk_delta_rule faults (an illegal memory access in
+    # recompute_w_u_fwd_kernel, at num_warps 2 as at its default configs) at every shape tried whose keys and
+    # values differ in width, and runs at every shape whose widths are equal (results/h100/delta/fla_shapes.json).
+    # A fault ends the process's CUDA context, so it is refused before any launch.
+    from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_7_1
+    if IS_NVIDIA_HOPPER and not TRITON_ABOVE_3_7_1:
+        raise RuntimeError("its delta-rule kernels fault (illegal memory access) on Hopper with Triton < 3.7.1 when "
+                           "head_k_dim != head_v_dim; set them equal to use FLA here")
 
 
 def probe_fla_kernel(fn, variant):
@@ -375,8 +393,10 @@ class DeltaAttention(nn.Module):
     def kernel_path(self, device_type):
         if device_type != "cuda" or not self.config.use_fla:
             return "pytorch"
-        v = self.config.variant  # the dict is read first so a compiled forward does not leave its graph
-        return "fla" if (FLA_STATUS[v] if v in FLA_STATUS else fla_status(v)) is None else "pytorch-fallback"
+        c = self.config
+        key = fla_key(c.variant, c.k_dim == c.v_dim)  # the dict is read first so a compiled forward stays in its graph
+        status = FLA_STATUS[key] if key in FLA_STATUS else fla_status(c.variant, c.k_dim == c.v_dim)
+        return "fla" if status is None else "pytorch-fallback"
 
     def forward_flops_per_token(self, T):
         c = self.config

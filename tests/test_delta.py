@@ -321,7 +321,7 @@ def test_the_fla_operator_path_equals_the_reference_and_compiles_without_a_graph
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant, extra", [*((v, {}) for v in VARIANTS),
-                                            ("deltanet", dict(use_gate=True, head_k_dim=32, head_v_dim=64))],
+                                            ("deltanet", dict(use_gate=True))],  # equal widths: FLA faults else
                          ids=[*VARIANTS, "deltanet+gate"])
 def test_gpu_fla_equals_reference(variant, extra):
     pytest.importorskip("fla")
@@ -423,6 +423,28 @@ def test_gated_kernels_refused_on_fla_own_terms_before_any_probe(monkeypatch, ho
     assert status["deltanet"] is None
     assert all(("Triton >= 3.4.0 and < 3.7.1" in (status[v] or "")) == refused for v in gated)
     assert probed == (["deltanet"] if refused else list(VARIANTS))
+
+
+@pytest.mark.parametrize("hopper,above_3_7_1,refused", [(True, False, True), (True, True, False), (False, False, False)])
+def test_unequal_key_and_value_widths_refused_where_fla_faults(monkeypatch, hopper, above_3_7_1, refused):
+    # FLA 0.6.0's delta rule faults on an H100 with Triton 3.6 when keys and values differ in width
+    # (results/h100/delta/fla_shapes.json): such a layer falls back there before any launch, equal widths do not
+    fla_utils = pytest.importorskip("fla.utils")
+    monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", hopper)
+    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", above_3_7_1)
+    monkeypatch.setattr(model_delta, "FLA_STATUS", {})
+    monkeypatch.setattr(model_delta, "fla_kernel", lambda variant: None)
+    probed = []
+    monkeypatch.setattr(model_delta, "probe_fla_kernel", lambda fn, variant: probed.append(variant))
+    paths = {}
+    for k_dim, v_dim in ((32, 64), (32, 32)):
+        m = tiny(variant="deltanet", use_gate=True, head_k_dim=k_dim, head_v_dim=v_dim)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            paths[k_dim == v_dim] = (m.kernel_paths("cuda"), len(caught))
+    assert paths[True] == (["fla"], 0)
+    assert paths[False] == ((["pytorch-fallback"], 1) if refused else (["fla"], 0))
+    assert probed == (["deltanet"] if refused else ["deltanet", "deltanet"])
 
 
 @pytest.mark.gpu
