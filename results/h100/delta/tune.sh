@@ -19,6 +19,8 @@
 # sizes (keys 32, values 64: exactly the parameters of the config's 6 x 64), two seeds, Gated DeltaNet's
 # rate 5e-4, and decay 1.0 or 1.5 with dropout 0.35; and round 6's best on seeds 1338 and 1339 (the gate
 # alone: 1.512-1.539, worse than without it; round 6's best 1.5041 and 1.5162 on the other seeds).
+# Round 8: round 7's five gate runs again, on the PyTorch form: FLA's kernel faults at keys 32, values 64 on
+# this H100 (fla_shapes.json), which round 7's runs had recorded as their path.
 # Their ms/iter are of a shared GPU: speed is measured alone (results/h100/checks.sh).
 set -uo pipefail
 dir=${1:-/tmp/tune} limit=${2:-540} round=${3:-1}
@@ -75,6 +77,13 @@ elif [ "$round" = 7 ]; then
   run deltanet_gate_wd1.5_d35 delta $gate --weight_decay=1.5 --dropout=0.35
   run deltanet_tuned_wd1.5_d35_s1338 delta --eval_interval=100 --weight_decay=1.5 --dropout=0.35 --seed=1338
   run deltanet_tuned_wd1.5_d35_s1339 delta --eval_interval=100 --weight_decay=1.5 --dropout=0.35 --seed=1339
+elif [ "$round" = 8 ]; then  # round 7's gate runs again: at keys 32, values 64 they now take the PyTorch form
+  gate="--eval_interval=100 --use_gate=True --head_k_dim=32 --head_v_dim=64"
+  run deltanet_gate delta $gate
+  run deltanet_gate_s1338 delta $gate --seed=1338
+  run deltanet_gate_lr5e-4 delta $gate --learning_rate=5e-4
+  run deltanet_gate_wd1_d35 delta $gate --weight_decay=1.0 --dropout=0.35
+  run deltanet_gate_wd1.5_d35 delta $gate --weight_decay=1.5 --dropout=0.35
 else
   short="--max_iters=1500 --lr_decay_iters=1500 --eval_interval=100 --dropout=0.3 --use_short_conv=False"
   for cfg in gated_delta delta; do  # alone, one after the other: their ms/iter are the speed
