@@ -16,8 +16,9 @@
 #    depthwise kernel took 3.3 of its 10.3 ms of GPU time; compiled 12.5 and 13.5 ms at fc254ce, ops_fc254ce/)
 # 5. NSA's decoding since a step runs 485 operators instead of 611 (NSACache's constants, no repeat of the
 #    cache per query head), and its CUDA-graph decoding test (1.66-1.78 ms/token in timed_f22cbc7)
-# RoPE's decoding since q and k rotate in one call was measured in bakeoff/timed_f22cbc7 (0.43-0.55
-# ms/token, against 0.60-0.73 in the bake-off and vanilla's 0.29-0.38).
+# Ran at 71de65b (followups_71de65b/): 1 failed on FLA's fault at keys 32, values 64 (model_delta now falls
+# back there; delta/README.md), 2 and 5's test on two bugs fixed in 2251d1d (after_fixes/ has the reruns);
+# 3: 9.20 ms/iter; 4: 9.09 ms compiled against FLA's layer's 10.19-11.13; 5: 1.50 and 1.59 ms/token.
 # Compiles on a fresh machine take 80-150 s: each step's limit leaves room for them.
 set -uo pipefail
 dir=${1:-/tmp/followups}

@@ -9,7 +9,8 @@
 # Where they go: each part's log says at how many seconds in each stage began, each run's metrics.json
 # has its wall_time_s, and each benchmark row in bench_*.json its wall_s (build, warm-up and repeats).
 # The 2026-11-22/23 bake-off's benchmarks alone took most of two 10-minute parts (logs/part7-9.log).
-# At f22cbc7 (timed_f22cbc7/): 1,030 s, 312 of them benchmarks, without Gated DeltaProduct's runs (fixed in
-# 1637de1); two calls of 555 s on one machine. Chain the calls: an idle machine is given back in 30 s.
+# At f22cbc7 (timed_f22cbc7/): 1,030 s, without Gated DeltaProduct's runs (fixed in 1637de1). At 71de65b
+# (timed_71de65b/): 1,320 s, every run trained (sweep 1,007 s, benchmarks 288), in three parts.
+# Chain the calls: an idle machine is given back in 30 s.
 exec bash results/h100/part.sh /nonexistent "${1:-/tmp/bakeoff_timed}" "${2:-560}" --seeds=1337 \
   --lr_bracket=0 --seeds_at_best=
