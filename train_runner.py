@@ -1328,6 +1328,25 @@ def unfinished(root, runs):
     return [folder for folder, *_ in runs if read_metrics(root / "runs" / folder).get("status") not in FINISHED]
 
 
+def sweep_eta(root, runs, workers):
+    """Minutes until the runs are finished, or None before any has: each unfinished run (one in progress
+    too) priced at the mean wall time of its model's finished runs, or of all finished runs where its model
+    has none yet, shared by the workers. (Pricing every run alike said 1.3 min with NSA's and Gated
+    DeltaProduct's six runs, 3-5 minutes each, still to go: results/h100/bakeoff/timed_71de65b.)"""
+    done, todo = {}, []
+    for folder, model, _, _ in runs:
+        m = read_metrics(root / "runs" / folder)
+        if m.get("status") == "done" and m.get("wall_time_s"):
+            done.setdefault(model, []).append(m["wall_time_s"])
+        elif m.get("status") not in FINISHED:
+            todo.append(model)
+    if not done:
+        return None
+    every = [t for times in done.values() for t in times]
+    price = {model: sum(times) / len(times) for model, times in done.items()}
+    return sum(price.get(model, sum(every) / len(every)) for model in todo) / workers / 60
+
+
 def run_folder(name, lr, seed):
     return f"{name}_lr{lr:g}_s{seed}"
 
@@ -1404,7 +1423,7 @@ def train_runs(cfg, root, runs, stage, sweep_paths, raw):
     if workers > 1 and cfg["sweep_worker"] < 0 and unfinished(root, runs):
         spread(cfg, root, sweep_paths, raw, workers, stage)
         return
-    started, trained, failures = time.time(), 0, []
+    failures = []
     order = list(enumerate(runs, 1))
     if cfg["sweep_worker"] >= 0:  # workers start on different models, so that each model compiles once and
         # the runs after it find it in the compile cache, instead of all workers compiling the first at once
@@ -1412,7 +1431,7 @@ def train_runs(cfg, root, runs, stage, sweep_paths, raw):
         first = models[cfg["sweep_worker"] * len(models) // workers]
         at = next(i for i, (_, (_, model, _, _)) in enumerate(order) if model == first)
         order = order[at:] + order[:at]
-    for pos, (k, (folder, model, what, settings)) in enumerate(order):
+    for k, (folder, model, what, settings) in order:
         out = root / "runs" / folder
         prior = read_metrics(out)
         if prior.get("status") in FINISHED:
@@ -1424,8 +1443,8 @@ def train_runs(cfg, root, runs, stage, sweep_paths, raw):
                 os.close(os.open(out / ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             except FileExistsError:
                 continue
-        left = (len(order) - pos) / max(1, workers if cfg["sweep_worker"] >= 0 else 1)  # the workers share what is left
-        eta = f", {stage} ETA {(time.time() - started) / trained * left / 60:.1f} min" if trained else ""
+        eta = sweep_eta(root, runs, workers if cfg["sweep_worker"] >= 0 else 1)
+        eta = f", {stage} ETA {eta:.1f} min" if eta is not None else ""
         resume = (out / "ckpt.pt").exists()
         print(f"[{stage}] run {k}/{len(runs)}: {what}{' (resuming)' if resume else ''}{eta}")
         run_cfg = dict(settings, out_dir=str(out), stage="train", init_from="resume" if resume else "scratch",
@@ -1446,7 +1465,6 @@ def train_runs(cfg, root, runs, stage, sweep_paths, raw):
             print(f"[{stage}] {folder}: {status}: {line} (traceback in {out / 'error.log'})")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        trained += 1
         (out / ".claimed").unlink(missing_ok=True)
     if failures:
         print(f"[{stage}] {len(failures)} run(s) did not finish: {', '.join(failures)}; each folder's metrics.json "

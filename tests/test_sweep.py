@@ -336,3 +336,13 @@ def test_seeds_at_best_train_more_seeds_only_at_the_best_learning_rate(tiny_swee
     row = train_runner.report(cfg)["vanilla"]
     assert row["best_lr"] == 1e-3 and row["seeds"] == 2 and row["best_val_loss"] > 40
     assert row["lr_sweep"]["0.001"] < row["lr_sweep"]["0.0001"]
+
+
+def test_sweep_eta_prices_each_unfinished_run_at_its_models_mean(tmp_path):
+    runs = [(f"{model}_{i}", model, "", {}) for model in ("fast", "slow", "new") for i in range(2)]
+    assert train_runner.sweep_eta(tmp_path, runs, 2) is None  # nothing finished: nothing to price by
+    for folder, seconds, status in [("fast_0", 60, "done"), ("fast_1", 60, "done"), ("slow_0", 300, "done"),
+                                    ("new_0", None, "oom")]:
+        train_runner.write_json(tmp_path / "runs" / folder / "metrics.json", dict(status=status, wall_time_s=seconds))
+    # left: slow_1 at slow's 300 s, new_1 at the mean of every finished run (140 s), two workers sharing them
+    assert train_runner.sweep_eta(tmp_path, runs, 2) == pytest.approx((300 + 140) / 2 / 60)
