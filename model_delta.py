@@ -234,7 +234,7 @@ def fla_status(variant, equal_heads=True):
 def refuse_unequal_heads():
     # On an H100 with Triton 3.6, FLA 0.6.0's own chunk_delta_rule faults (an illegal memory access in
     # recompute_w_u_fwd_kernel, at num_warps 2 as at its default configs) at every shape tried whose keys and
-    # values differ in width, and runs at every shape whose widths are equal (results/h100/delta/fla_shapes.json).
+    # values differ in width, and runs at every shape whose widths are equal (results/h100/delta/fla_shapes.json, fla_faults.py).
     # A fault ends the process's CUDA context, so it is refused before any launch.
     from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_7_1
     if IS_NVIDIA_HOPPER and not TRITON_ABOVE_3_7_1:

@@ -30,6 +30,12 @@ run() { local name=$1 cfg=$2 from=scratch; shift 2
   if [ -f "$dir/$name/ckpt.pt" ]; then grep -q '"status": "done"' "$dir/$name/metrics.json" && return; from=resume; fi
   timeout "$limit" python train_runner.py "config/train_shakespeare_char_$cfg.py" --eval_iters=0 \
     --wandb_log=False --out_dir="$dir/$name" --init_from=$from "$@" >> "$dir/$name.log" 2>&1 & }
+gate_runs() { local gate="--eval_interval=100 --use_gate=True --head_k_dim=32 --head_v_dim=64"
+  run deltanet_gate delta $gate
+  run deltanet_gate_s1338 delta $gate --seed=1338
+  run deltanet_gate_lr5e-4 delta $gate --learning_rate=5e-4
+  run deltanet_gate_wd1_d35 delta $gate --weight_decay=1.0 --dropout=0.35
+  run deltanet_gate_wd1.5_d35 delta $gate --weight_decay=1.5 --dropout=0.35; }
 if [ "$round" = 1 ]; then
   run deltanet_d3_lr1e-3 delta --dropout=0.3 --learning_rate=1e-3
   run deltanet_d4_lr1e-3 delta --dropout=0.4 --learning_rate=1e-3
@@ -69,21 +75,11 @@ elif [ "$round" = 6 ]; then
   run deltanet_tuned_wd1_d35_nopos delta --eval_interval=100 --weight_decay=1.0 --dropout=0.35 --pos_emb=none
   run deltanet_tuned_wd1_d35_lr1.5e-3 delta --eval_interval=100 --weight_decay=1.0 --dropout=0.35 --learning_rate=1.5e-3
 elif [ "$round" = 7 ]; then
-  gate="--eval_interval=100 --use_gate=True --head_k_dim=32 --head_v_dim=64"
-  run deltanet_gate delta $gate
-  run deltanet_gate_s1338 delta $gate --seed=1338
-  run deltanet_gate_lr5e-4 delta $gate --learning_rate=5e-4
-  run deltanet_gate_wd1_d35 delta $gate --weight_decay=1.0 --dropout=0.35
-  run deltanet_gate_wd1.5_d35 delta $gate --weight_decay=1.5 --dropout=0.35
+  gate_runs
   run deltanet_tuned_wd1.5_d35_s1338 delta --eval_interval=100 --weight_decay=1.5 --dropout=0.35 --seed=1338
   run deltanet_tuned_wd1.5_d35_s1339 delta --eval_interval=100 --weight_decay=1.5 --dropout=0.35 --seed=1339
 elif [ "$round" = 8 ]; then  # round 7's gate runs again: at keys 32, values 64 they now take the PyTorch form
-  gate="--eval_interval=100 --use_gate=True --head_k_dim=32 --head_v_dim=64"
-  run deltanet_gate delta $gate
-  run deltanet_gate_s1338 delta $gate --seed=1338
-  run deltanet_gate_lr5e-4 delta $gate --learning_rate=5e-4
-  run deltanet_gate_wd1_d35 delta $gate --weight_decay=1.0 --dropout=0.35
-  run deltanet_gate_wd1.5_d35 delta $gate --weight_decay=1.5 --dropout=0.35
+  gate_runs
 else
   short="--max_iters=1500 --lr_decay_iters=1500 --eval_interval=100 --dropout=0.3 --use_short_conv=False"
   for cfg in gated_delta delta; do  # alone, one after the other: their ms/iter are the speed
