@@ -85,6 +85,10 @@ elif [ "$round" = 9 ]; then  # the timed bake-off's best rate for the config was
   for lr in 2e-3 3e-3; do for seed in 1337 1338 1339; do
     run "deltanet_lr${lr}_s$seed" delta --eval_interval=100 --learning_rate=$lr --seed=$seed
   done; done
+elif [ "$round" = 10 ]; then  # round 9's best, 3e-3, on two more seeds; and 4e-3
+  for run in 3e-3:1340 3e-3:1341 4e-3:1337 4e-3:1338 4e-3:1339; do lr=${run%:*} seed=${run#*:}
+    run "deltanet_lr${lr}_s$seed" delta --eval_interval=100 --learning_rate=$lr --seed=$seed
+  done
 else
   short="--max_iters=1500 --lr_decay_iters=1500 --eval_interval=100 --dropout=0.3 --use_short_conv=False"
   for cfg in gated_delta delta; do  # alone, one after the other: their ms/iter are the speed
