@@ -212,18 +212,20 @@ def fla_key(variant, equal_heads=True):
     return variant if equal_heads else f"{variant} with head_k_dim != head_v_dim"
 
 
+@torch.compiler.disable
 def fla_status(variant, equal_heads=True):
     """None if FLA's kernel for this variant runs forward and backward on this GPU (with keys and values of
     different widths where equal_heads is False), else the reason."""
     key = fla_key(variant, equal_heads)
     if key not in FLA_STATUS:
         try:
-            fn = fla_kernel(variant)
-            if not equal_heads:
+            if equal_heads:
+                fn = fla_kernel(variant)
+                with torch.inference_mode(False), torch.enable_grad():  # a backward, even when the first call decodes
+                    probe_fla_kernel(fn, variant)
+            else:
                 refuse_unequal_heads()
-            with torch.inference_mode(False), torch.enable_grad():  # a backward, even when the first call decodes
-                probe_fla_kernel(fn, variant)
-            FLA_STATUS[key] = None
+            FLA_STATUS[key] = None if equal_heads else fla_status(variant)  # the variant's one probe
         except Exception as e:  # ImportError, a Triton error, FLA refusing this Triton
             FLA_STATUS[key] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             warnings.warn(f"flash-linear-attention cannot run {key} here ({FLA_STATUS[key]}); "
@@ -394,8 +396,9 @@ class DeltaAttention(nn.Module):
         if device_type != "cuda" or not self.config.use_fla:
             return "pytorch"
         c = self.config
-        key = fla_key(c.variant, c.k_dim == c.v_dim)  # the dict is read first so a compiled forward stays in its graph
-        status = FLA_STATUS[key] if key in FLA_STATUS else fla_status(c.variant, c.k_dim == c.v_dim)
+        equal = c.k_dim == c.v_dim
+        key = fla_key(c.variant, equal)  # the dict is read first so a compiled forward stays in its graph
+        status = FLA_STATUS[key] if key in FLA_STATUS else fla_status(c.variant, equal)
         return "fla" if status is None else "pytorch-fallback"
 
     def forward_flops_per_token(self, T):
