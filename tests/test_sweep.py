@@ -90,6 +90,20 @@ def test_a_run_whose_config_changed_is_set_aside_and_trained_again(tiny_sweep, c
     assert (root / "replaced" / "vanilla_lr0.001_s1337.2").is_dir()
 
 
+def test_a_changed_runs_earlier_bracket_and_seeds_are_set_aside_too(tiny_sweep):
+    cfg, paths, raw = tiny_sweep
+    cfg = dict(cfg, models_to_test="vanilla", learning_rates="1e-3,2e-3")
+    raw = dict(raw, models_to_test="vanilla", learning_rates="1e-3,2e-3")
+    train_runner.sweep(cfg, paths, raw)
+    root = train_runner.sweep_root(cfg)
+    # the new config trains only 1e-3: the old 2e-3 run, which it no longer lists, must not stay beside it
+    train_runner.sweep(dict(cfg, learning_rates="1e-3"), paths, dict(raw, learning_rates="1e-3", dropout="0.1"))
+    assert sorted(p.name for p in (root / "runs").iterdir()) == ["vanilla_lr0.001_s1337"]
+    assert sorted(p.name for p in (root / "replaced").iterdir()) == ["vanilla_lr0.001_s1337", "vanilla_lr0.002_s1337"]
+    report = train_runner.report(dict(cfg, learning_rates="1e-3", dropout=0.1))
+    assert report["vanilla"]["status"] == {"done": 1}
+
+
 def test_an_interrupted_run_is_resumed(tiny_sweep, capsys):
     cfg, paths, raw = tiny_sweep
     cfg = dict(cfg, models_to_test="vanilla")
