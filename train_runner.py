@@ -1335,56 +1335,6 @@ def unfinished(root, runs):
     return [folder for folder, *_ in runs if read_metrics(root / "runs" / folder).get("status") not in FINISHED]
 
 
-def claim_order(root, runs):
-    """(k, run) for the runs no worker has claimed or finished, in the order a sweep worker tries them:
-    first one run of each model that no worker has begun, in models_to_test order, so that every model
-    compiles early, while the others train, and its speed is known; then the longest first, each priced
-    at its model's measured ms/iter times the iterations it has left; runs of a model begun but not yet
-    timed last. The sweep so ends on short runs: walking models_to_test in order, one worker took Gated
-    DeltaProduct's three runs (4-5 minutes each) last and alone (results/h100/bakeoff/timed_71de65b)."""
-    begun, ms, todo = set(), {}, []
-    for k, run in enumerate(runs, 1):
-        folder, model, _, settings = run
-        out = root / "runs" / folder
-        m, taken = read_metrics(out), (out / ".claimed").exists()
-        if m or taken:
-            begun.add(model)
-        if m.get("ms_per_iter"):
-            ms.setdefault(model, []).append(m["ms_per_iter"])
-        if not taken and m.get("status") not in FINISHED:
-            todo.append((k, run, settings.get("max_iters", 0) - m.get("iters", 0)))
-    first = {}
-    for k, (_, model, _, _), _ in todo:
-        if model not in begun:
-            first.setdefault(model, k)
-
-    def rank(item):
-        k, (_, model, _, _), left = item
-        if first.get(model) == k:
-            return (0, k)
-        if model in ms:
-            return (1, -sum(ms[model]) / len(ms[model]) * left)
-        return (2, k)
-    return [(k, run) for k, run, _ in sorted(todo, key=rank)]
-
-
-def claimed(root, runs):
-    """Yield (k, run) for a sweep worker: the first run of claim_order that it claims (a file no other
-    worker can create too), ranked again before each claim."""
-    while True:
-        for k, run in claim_order(root, runs):
-            out = root / "runs" / run[0]
-            out.mkdir(parents=True, exist_ok=True)
-            try:
-                os.close(os.open(out / ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                continue  # another worker took it first
-            yield k, run
-            break
-        else:
-            return
-
-
 def sweep_eta(root, runs, workers):
     """Minutes until the runs are finished, or None before any has: each unfinished run (one in progress
     too) priced at the mean wall time of its model's finished runs, or of all finished runs where its model
@@ -1481,13 +1431,25 @@ def train_runs(cfg, root, runs, stage, sweep_paths, raw):
         spread(cfg, root, sweep_paths, raw, workers, stage)
         return
     failures = []
-    for k, (folder, model, what, settings) in (claimed(root, runs) if cfg["sweep_worker"] >= 0 else enumerate(runs, 1)):
+    order = list(enumerate(runs, 1))
+    if cfg["sweep_worker"] >= 0:  # workers start on different models, so that each model compiles once and
+        # the runs after it find it in the compile cache, instead of all workers compiling the first at once
+        models = list(dict.fromkeys(model for _, model, _, _ in runs))
+        first = models[cfg["sweep_worker"] * len(models) // workers]
+        at = next(i for i, (_, (_, model, _, _)) in enumerate(order) if model == first)
+        order = order[at:] + order[:at]
+    for k, (folder, model, what, settings) in order:
         out = root / "runs" / folder
         prior = read_metrics(out)
         if prior.get("status") in FINISHED:
             print(f"[{stage}] run {k}/{len(runs)}: {folder} already {prior['status']}, skipped")
-            (out / ".claimed").unlink(missing_ok=True)
             continue
+        if cfg["sweep_worker"] >= 0:  # one of several workers: take this run only if no other has
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                os.close(os.open(out / ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue
         eta = sweep_eta(root, runs, workers if cfg["sweep_worker"] >= 0 else 1)
         eta = f", {stage} ETA {eta:.1f} min" if eta is not None else ""
         resume = (out / "ckpt.pt").exists()
