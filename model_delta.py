@@ -128,35 +128,43 @@ def recurrent_delta_rule(q, k, v, beta, log_alpha=None, state=None):
     return torch.stack(out, dim=2), S
 
 
-def chunked_delta_rule(q, k, v, beta, log_alpha=None, chunk_size=64, state=None, scan_from=16):
+def chunked_delta_rule(q, k, v, beta, log_alpha=None, chunk_size=64, state=None, scan_from=16, read_every=1):
     """The same function in chunks (WY representation; module docstring). Same arguments; the states
     between chunks come from a loop over the chunks or, from `scan_from` chunks on (0: never), from
     chunk_state_scan in O(log chunks) batched steps (the default 16 is where the scan caught up with the
-    loop on a 2-core CPU, results/cpu/delta_scan; on a GPU the loop's small launches cost more still)."""
+    loop on a 2-core CPU, results/cpu/delta_scan; on a GPU the loop's small launches cost more still).
+    read_every = n: the state is read only after every n-th step (Gated DeltaProduct's n Householder
+    steps per token): q holds those T / n queries and o their T / n outputs, and the rows that
+    would read after the other steps are never computed."""
     B, H, T, K = k.shape
-    V, C = v.shape[-1], chunk_size
+    V, C, n = v.shape[-1], chunk_size, read_every
+    if T % n or C % n:
+        raise ValueError(f"read_every ({n}) must divide the steps ({T}) and the chunk size ({C})")
     pad = (-T) % C
     if log_alpha is None:
         log_alpha = torch.zeros_like(beta)
     if pad:  # β = 0 and α = 1 on padding: those steps leave the state alone
-        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+        k, v = (F.pad(x, (0, 0, 0, pad)) for x in (k, v))
+        q = F.pad(q, (0, 0, 0, pad // n))
         beta, log_alpha = F.pad(beta, (0, pad)), F.pad(log_alpha, (0, pad))
     N = (T + pad) // C
-    q, k, v = (x.reshape(B, H, N, C, x.shape[-1]) for x in (q, k, v))
+    k, v = (x.reshape(B, H, N, C, x.shape[-1]) for x in (k, v))
+    q = q.reshape(B, H, N, C // n, K)
     beta, gamma = beta.reshape(B, H, N, C), log_alpha.reshape(B, H, N, C).cumsum(-1)
 
     i = torch.arange(C, device=q.device)
     strict, incl = i[:, None] > i[None, :], i[:, None] >= i[None, :]
     ratio = (gamma[..., :, None] - gamma[..., None, :])  # log Γ_i/Γ_j
     decay_strict = ratio.masked_fill(~strict, float("-inf")).exp()
-    decay_incl = ratio.masked_fill(~incl, float("-inf")).exp()
+    read = i[n - 1::n]  # the steps after which the state is read
+    decay_incl = ratio[..., read, :].masked_fill(~incl[read], float("-inf")).exp()
     A = beta[..., None] * (k @ k.transpose(-1, -2)) * decay_strict
     eye = torch.eye(C, dtype=q.dtype, device=q.device)
     Tinv = torch.linalg.solve_triangular(eye + A, eye.expand_as(A), upper=False, unitriangular=True)
     u_free = Tinv @ (beta[..., None] * v)  # U = u_free - W S
     W = Tinv @ ((beta * gamma.exp())[..., None] * k)
     P = (q @ k.transpose(-1, -2)) * decay_incl
-    q_decayed = q * gamma.exp()[..., None]
+    q_decayed = q * gamma[..., read].exp()[..., None]
     k_to_end = k * (gamma[..., -1:] - gamma).exp()[..., None]
     chunk_decay = gamma[..., -1].exp()[..., None, None]
 
@@ -167,13 +175,13 @@ def chunked_delta_rule(q, k, v, beta, log_alpha=None, chunk_size=64, state=None,
         M = chunk_decay * torch.eye(K, dtype=q.dtype, device=q.device) - k_end_t @ W
         states, S = chunk_state_scan(M, k_end_t @ u_free, S)  # the state entering each chunk, and the last
         out = (q_decayed - P @ W) @ states + P @ u_free  # O = Q_Γ S + P (u_free - W S), for all chunks at once
-        return out.reshape(B, H, N * C, V)[:, :, :T], S
+        return out.reshape(B, H, N * C // n, V)[:, :, :T // n], S
     out = []
-    for n in range(N):  # the only sequential part: the state from chunk to chunk
-        U = u_free[:, :, n] - W[:, :, n] @ S
-        out.append(q_decayed[:, :, n] @ S + P[:, :, n] @ U)
-        S = chunk_decay[:, :, n] * S + k_to_end[:, :, n].transpose(-1, -2) @ U
-    return torch.stack(out, dim=2).reshape(B, H, N * C, V)[:, :, :T], S
+    for c in range(N):  # the only sequential part: the state from chunk to chunk
+        U = u_free[:, :, c] - W[:, :, c] @ S
+        out.append(q_decayed[:, :, c] @ S + P[:, :, c] @ U)
+        S = chunk_decay[:, :, c] * S + k_to_end[:, :, c].transpose(-1, -2) @ U
+    return torch.stack(out, dim=2).reshape(B, H, N * C // n, V)[:, :, :T // n], S
 
 
 def chunk_state_scan(M, D, S):
@@ -193,12 +201,12 @@ def chunk_state_scan(M, D, S):
     return torch.stack([even, odd], -3).flatten(-4, -3)[..., :N, :, :], last
 
 
-def implied_attention(q, k, beta, log_alpha=None):
-    """The [B, H, T, T] matrix M with o = M v for a zero initial state: the chunked form with one
-    chunk, O = (QKᵀ ⊙ Γ_i/Γ_j) (I + A)⁻¹ diag(β) V. Only for visualisation."""
+def implied_attention(q, k, beta, log_alpha=None, read_every=1):
+    """The [B, H, T / read_every, T] matrix M with o = M v for a zero initial state: the chunked form
+    with one chunk, O = (QKᵀ ⊙ Γ_i/Γ_j) (I + A)⁻¹ diag(β) V. Only for visualisation."""
     T = k.shape[2]
     eye = torch.eye(T, dtype=q.dtype, device=q.device).expand(*k.shape[:2], T, T)
-    M, _ = chunked_delta_rule(q, k, eye, beta, log_alpha, chunk_size=T)
+    M, _ = chunked_delta_rule(q, k, eye, beta, log_alpha, chunk_size=T, read_every=read_every)
     return M
 
 
@@ -442,18 +450,15 @@ class DeltaAttention(nn.Module):
         q, k, v, beta = (t.transpose(1, 2) for t in (q, k, v.to(wide), beta))
         return q, k, v, beta, (log_alpha.transpose(1, 2) if log_alpha is not None else None)
 
-    def _expand(self, q, log_alpha, T):
-        """Gated DeltaProduct as the gated delta rule over T·n sub-tokens: the decay on each token's
-        first step, the query read after its last."""
+    def _per_step(self, log_alpha, T):
+        """Gated DeltaProduct as the gated delta rule over T·n steps: the decay on each token's first step
+        (the query is read after its last: chunked_delta_rule's read_every)."""
         n = self.config.steps
-        if n == 1:
-            return q, log_alpha
-        B, H, _, K = q.shape
-        q_sub = q.new_zeros(B, H, T, n, K)
-        q_sub[:, :, :, -1] = q
-        la = log_alpha.new_zeros(B, H, T, n)
+        if n == 1 or log_alpha is None:
+            return log_alpha
+        la = log_alpha.new_zeros(*log_alpha.shape, n)
         la[..., 0] = log_alpha
-        return q_sub.reshape(B, H, T * n, K), la.reshape(B, H, T * n)
+        return la.flatten(-2)
 
     def forward(self, x, pos, cache=None, return_attn=False):
         c = self.config
@@ -475,14 +480,14 @@ class DeltaAttention(nn.Module):
                 cache.S.copy_(S)
         else:
             q, k, v, beta, log_alpha = self._reference_inputs(*inputs)
-            qe, lae = self._expand(q, log_alpha, T)
+            la = self._per_step(log_alpha, T)
+            chunk = max(n, c.chunk_size // n * n)  # whole tokens in a chunk
             with torch.autocast(x.device.type, enabled=False):  # the reference runs in (at least) float32
-                o, S = chunked_delta_rule(qe, k, v, beta, lae, c.chunk_size, scan_from=c.scan_from)
-            o = o[:, :, n - 1::n]
+                o, S = chunked_delta_rule(q, k, v, beta, la, chunk, scan_from=c.scan_from, read_every=n)
             if cache is not None:
                 cache.S.copy_(S)
             if return_attn:
-                M = implied_attention(qe, k, beta, lae)[:, :, n - 1::n]
+                M = implied_attention(q, k, beta, la, read_every=n)
                 att = M.reshape(B, c.n_head, T, T, n).sum(-1)  # weight of each token's n values, summed
         y = recompute(self._output, o, g, x.dtype, enabled=lean)
         return self.resid_dropout(self.c_proj(y)), att

@@ -37,6 +37,25 @@ def test_chunked_equals_recurrence(T, gated, scan):
     torch.testing.assert_close(S, ref_S, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("scan", [0, 1], ids=["chunk-loop", "chunk-scan"])
+@pytest.mark.parametrize("n", [2, 3])
+def test_reading_every_nth_step_equals_the_recurrence_read_there(n, scan):
+    # Gated DeltaProduct: n steps per token, the state read after each token's last (74 or 111 steps in
+    # chunks of 6, the last one padded)
+    _, k, v, beta, log_alpha = random_inputs(37 * n, True)
+    q = torch.randn(2, 3, 37, 5, dtype=torch.double)
+    state = torch.randn(2, 3, 5, 4, dtype=torch.double)
+    q_every = torch.zeros(2, 3, 37, n, 5, dtype=torch.double)
+    q_every[:, :, :, -1] = q
+    ref, ref_S = recurrent_delta_rule(q_every.flatten(2, 3), k, v, beta, log_alpha, state)
+    out, S = chunked_delta_rule(q, k, v, beta, log_alpha, chunk_size=2 * n + n * (n == 2), state=state,
+                                scan_from=scan, read_every=n)
+    torch.testing.assert_close(out, ref[:, :, n - 1::n], rtol=0, atol=1e-10)
+    torch.testing.assert_close(S, ref_S, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="read_every"):
+        chunked_delta_rule(q, k, v, beta, log_alpha, chunk_size=n + 1, read_every=n)
+
+
 def test_implied_attention_reproduces_the_output():
     q, k, v, beta, log_alpha = random_inputs(11, True)
     M = implied_attention(q, k, beta, log_alpha)
