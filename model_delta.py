@@ -156,7 +156,7 @@ def chunked_delta_rule(q, k, v, beta, log_alpha=None, chunk_size=64, state=None,
     strict, incl = i[:, None] > i[None, :], i[:, None] >= i[None, :]
     ratio = (gamma[..., :, None] - gamma[..., None, :])  # log Γ_i/Γ_j
     decay_strict = ratio.masked_fill(~strict, float("-inf")).exp()
-    read = i[n - 1::n]  # the steps after which the state is read
+    read = slice(n - 1, None, n)  # the steps after which the state is read (a view: no copy when n = 1)
     decay_incl = ratio[..., read, :].masked_fill(~incl[read], float("-inf")).exp()
     A = beta[..., None] * (k @ k.transpose(-1, -2)) * decay_strict
     eye = torch.eye(C, dtype=q.dtype, device=q.device)
@@ -450,7 +450,7 @@ class DeltaAttention(nn.Module):
         q, k, v, beta = (t.transpose(1, 2) for t in (q, k, v.to(wide), beta))
         return q, k, v, beta, (log_alpha.transpose(1, 2) if log_alpha is not None else None)
 
-    def _per_step(self, log_alpha, T):
+    def _per_step(self, log_alpha):
         """Gated DeltaProduct as the gated delta rule over T·n steps: the decay on each token's first step
         (the query is read after its last: chunked_delta_rule's read_every)."""
         n = self.config.steps
@@ -480,7 +480,7 @@ class DeltaAttention(nn.Module):
                 cache.S.copy_(S)
         else:
             q, k, v, beta, log_alpha = self._reference_inputs(*inputs)
-            la = self._per_step(log_alpha, T)
+            la = self._per_step(log_alpha)
             chunk = max(n, c.chunk_size // n * n)  # whole tokens in a chunk
             with torch.autocast(x.device.type, enabled=False):  # the reference runs in (at least) float32
                 o, S = chunked_delta_rule(q, k, v, beta, la, chunk, scan_from=c.scan_from, read_every=n)
