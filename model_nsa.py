@@ -37,12 +37,13 @@ Paths (kernel_path):
     flex      on CUDA otherwise: FlexAttention for all three branches; the selection becomes a
               BlockMask of 128×128 tiles built per forward from the chosen blocks.
     flex+triton  with use_triton: as flex, but the selected branch runs in this file's Triton kernels
-              (SelectedAttention): each (token, K/V head) reads just its n blocks for the whole GQA
+              (selected_attention): each (token, K/V head) reads just its n blocks for the whole GQA
               group, as the paper's kernel does, and the backward inverts the selection so each
               block's dK/dV gathers the queries that chose it. Tiles that neighbouring queries'
               different choices leave dense, which slow the flex path at long T, do not arise. The
               selection too runs in Triton (selection_triton): the group's compressed probabilities
-              summed in one kernel, without each head's scores in memory, the top n in another.
+              summed in one kernel, without each head's scores in memory, the top n in another. The
+              kernels are custom operators, so a compiled model is one graph (CUDA graphs can replay it).
 Decoding keeps the full static KV cache (selection may reach anything) and the compressed keys and
 values, each written as its block completes; a step scores the compressed blocks, then gathers only
 the n selected blocks and the window from the cache.
@@ -56,7 +57,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 import model
 import model_sparse
@@ -360,14 +361,12 @@ def nsa_reference(q, k, v, kc, vc, gates, config):
 # -----------------------------------------------------------------------------
 # fast paths (CUDA)
 
-@torch.compiler.disable  # built outside any compiled graph, once per (T, l, d, device)
-@functools.cache
+@model_sparse.built_once
 def compressed_block_mask(T, size, stride, device):
+    """The compressed branch's BlockMask: T queries against the (T - l) // d + 1 blocks."""
     def visible(b, h, q_idx, kv_idx):
         return kv_idx * stride + size - 1 <= q_idx
-    n = (T - size) // stride + 1
-    create = model_sparse.compiled_create_block_mask if device.startswith("cuda") else create_block_mask
-    return create(visible, None, None, T, n, device=device, BLOCK_SIZE=FLEX_BLOCK)
+    return model_sparse.new_block_mask(visible, T, (T - size) // stride + 1, device)
 
 
 def tile_mask_from_selection(sel, config):
@@ -561,36 +560,66 @@ def _slc_shapes(q, k, select_block, n):
                 BS=select_block, N=n), (B * Hkv, T)
 
 
-class SelectedAttention(torch.autograd.Function):
+# The kernels run as custom operators (torch.library), opaque to torch.compile but inside its graph: the
+# whole model then compiles as one graph and replays as CUDA graphs. As an autograd.Function called from a
+# compiler-disabled method, each layer was a graph break with its glue (gates, casts, their gradients)
+# run eagerly: a baby NSA step took 55 ms for 20 ms of GPU work (results/h100/bakeoff/timed_c9dc26c).
+@torch.library.custom_op("nanogpt_lab::selected_attention", mutates_args=())
+def selected_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
+                           select_block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o, lse): lse the log2 of each row's softmax sum, which the backward reads."""
+    shapes, (BH, T) = _slc_shapes(q, k, select_block, idx.shape[-1])
+    o = torch.empty_like(q)
+    lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)
+    slc_fwd[(T, BH)](q, k, v, idx, o, lse, T, LOG2E / math.sqrt(q.shape[-1]), **shapes)
+    return o, lse
+
+
+@selected_attention_fwd.register_fake
+def _(q, k, v, idx, select_block):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("nanogpt_lab::selected_attention_bwd", mutates_args=())
+def selected_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
+                           o: torch.Tensor, lse: torch.Tensor, select_block: int
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    do = do.contiguous()
+    shapes, (BH, T) = _slc_shapes(q, k, select_block, idx.shape[-1])
+    sm_scale = 1.0 / math.sqrt(q.shape[-1])
+    delta = (do.float() * o.float()).sum(-1)
+    dq = torch.empty_like(q)
+    slc_bwd_dq[(T, BH)](q, k, v, idx, do, lse, delta, dq, T, sm_scale * LOG2E, sm_scale, **shapes)
+    tokens, work = selection_work(idx, -(-T // select_block))
+    dk, dv = (torch.zeros(k.shape, device=k.device, dtype=torch.float32) for _ in range(2))
+    slc_bwd_dkdv[(work.shape[1], BH)](q, k, v, tokens, work, do, lse, delta, dk, dv, T, sm_scale * LOG2E, sm_scale,
+                                      work.shape[1], R=max(SLC_ROWS, shapes["BG"]), **shapes)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+@selected_attention_bwd.register_fake
+def _(do, q, k, v, idx, o, lse, select_block):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _slc_setup(ctx, inputs, output):
+    q, k, v, idx, ctx.select_block = inputs
+    ctx.save_for_backward(q, k, v, idx, *output)
+
+
+def _slc_backward(ctx, do, dlse):
+    dq, dk, dv = selected_attention_bwd(do, *ctx.saved_tensors, ctx.select_block)
+    return dq, dk, dv, None, None
+
+
+selected_attention_fwd.register_autograd(_slc_backward, setup_context=_slc_setup)
+
+
+def selected_attention(q, k, v, idx, select_block):
     """The selected branch: q [B, H, T, D] attends, per GQA group, the blocks idx [B, Hkv, T, n] of
     k, v [B, Hkv, T, D] (keys after the query masked). Triton forward and backward."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, idx, select_block):
-        q, k, v, idx = (t.contiguous() for t in (q, k, v, idx.to(torch.int32)))
-        shapes, (BH, T) = _slc_shapes(q, k, select_block, idx.shape[-1])
-        o = torch.empty_like(q)
-        lse = torch.empty(q.shape[:3], device=q.device, dtype=torch.float32)  # log2 of the softmax's sum
-        sm_scale = 1.0 / math.sqrt(q.shape[-1])
-        slc_fwd[(T, BH)](q, k, v, idx, o, lse, T, sm_scale * LOG2E, **shapes)
-        ctx.save_for_backward(q, k, v, idx, o, lse)
-        ctx.select_block = select_block
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, idx, o, lse = ctx.saved_tensors
-        do = do.contiguous()
-        shapes, (BH, T) = _slc_shapes(q, k, ctx.select_block, idx.shape[-1])
-        sm_scale = 1.0 / math.sqrt(q.shape[-1])
-        delta = (do.float() * o.float()).sum(-1)
-        dq = torch.empty_like(q)
-        slc_bwd_dq[(T, BH)](q, k, v, idx, do, lse, delta, dq, T, sm_scale * LOG2E, sm_scale, **shapes)
-        tokens, work = selection_work(idx, -(-T // ctx.select_block))
-        dk, dv = (torch.zeros(k.shape, device=k.device, dtype=torch.float32) for _ in range(2))
-        slc_bwd_dkdv[(work.shape[1], BH)](q, k, v, tokens, work, do, lse, delta, dk, dv, T, sm_scale * LOG2E, sm_scale,
-                                      work.shape[1], R=max(SLC_ROWS, shapes["BG"]), **shapes)
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
+    q, k, v, idx = (t.contiguous() for t in (q, k, v, idx.to(torch.int32)))
+    return selected_attention_fwd(q, k, v, idx, select_block)[0]
 
 
 # -- the selection in Triton (use_triton): chosen_blocks without the [B, H, T, Tc] scores ----------------
@@ -662,10 +691,17 @@ if triton is not None:
             x = tl.where(j[None, :] == at[:, None], float("-inf"), x)
 
 
-@torch.no_grad()
 def selection_triton(q, kc, config):
     """selection_for_flex's block ids [B, Hkv, T, n] from the two kernels above, in row blocks of at most
     SELECT_SCORES probabilities. The same set of blocks per query (the forced ones in index order)."""
+    return triton_selection(q.detach(), kc.detach(), config.cmp_block, config.cmp_stride, config.select_block,
+                            config.select_count)
+
+
+@torch.library.custom_op("nanogpt_lab::nsa_selection", mutates_args=())  # as selected_attention_fwd
+def triton_selection(q: torch.Tensor, kc: torch.Tensor, cmp_block: int, cmp_stride: int, select_block: int,
+                     select_count: int) -> torch.Tensor:
+    config = GPTConfig(cmp_block=cmp_block, cmp_stride=cmp_stride, select_block=select_block, select_count=select_count)
     B, H, T, D = q.shape
     Hkv, Tc = kc.shape[1], kc.shape[2]
     G, n_sel = H // Hkv, config.n_select_blocks(T)
@@ -690,6 +726,12 @@ def selection_triton(q, kc, config):
         top_blocks[(triton.cdiv(R, BR), B * Hkv)](x, ids, t0, R, x.shape[-1], config.select_block, BR=BR, BTS=BTS, N=N)
         out.append(ids)
     return torch.cat(out, dim=2)
+
+
+@triton_selection.register_fake
+def _(q, kc, cmp_block, cmp_stride, select_block, select_count):
+    B, _, T, _ = q.shape
+    return q.new_empty(B, kc.shape[1], T, min(select_count, -(-T // select_block)), dtype=torch.int32)
 
 
 FLA_STATUS = {}  # None (runs) or the reason it cannot, probed once per process
@@ -834,22 +876,26 @@ class NSAAttention(model.CausalSelfAttention):
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.c_proj(y)), att
 
-    # Run as its own eager call of compiled pieces: inlined into a compiled model, the selection's
-    # BlockMask (its mask_mod closing over this forward's choice) gave wrong outputs and gradients
-    # on an H100 (torch 2.11), while the same pieces called this way match the reference.
-    @torch.compiler.disable
     def _flex(self, q, k, v, kc, vc, gates):
         c, T = self.config, q.shape[2]
         cmp_mask = compressed_block_mask(T, c.cmp_block, c.cmp_stride, str(q.device))
         kc_, vc_ = (per_query_head(kc, self.n_head), per_query_head(vc, self.n_head)) if REPEAT_KV_CMP else (kc, vc)
         o_cmp = model_sparse.compiled_flex_attention(q, kc_, vc_, block_mask=cmp_mask, enable_gqa=kc_.shape[1] != self.n_head)
         if c.use_triton:
-            o_slc = SelectedAttention.apply(q, k, v, selection_triton(q, kc, c), c.select_block)
+            o_slc = selected_attention(q, k, v, selection_triton(q, kc, c), c.select_block)
         else:
-            sel = blocks_as_mask(selection_for_flex(q, kc, c), c.n_select_blocks(T))
-            o_slc = selected_flex(q, k, v, sel, tile_mask_from_selection(sel, c), c.select_block)
+            o_slc = self._selected_flex(q, k, v, kc)
         o_win = window_attention(q, k, v, c) if c.window else torch.zeros_like(o_slc)
         return combine((o_cmp, o_slc, o_win), gates)
+
+    # Run as its own eager call of compiled pieces: inlined into a compiled model, the selection's
+    # BlockMask (its mask_mod closing over this forward's choice) gave wrong outputs and gradients
+    # on an H100 (torch 2.11), while the same pieces called this way match the reference.
+    @torch.compiler.disable
+    def _selected_flex(self, q, k, v, kc):
+        c = self.config
+        sel = blocks_as_mask(selection_for_flex(q, kc, c), c.n_select_blocks(q.shape[2]))
+        return selected_flex(q, k, v, sel, tile_mask_from_selection(sel, c), c.select_block)
 
     def _compress_step(self, cache, pos):
         """After the key at pos is written: if it completes compressed block i (pos + 1 - l = i·d),

@@ -158,19 +158,31 @@ compiled_flex_attention = torch.compile(flex_attention, dynamic=False)  # both c
 compiled_create_block_mask = torch.compile(create_block_mask)  # never forms the T×T mask (4 GiB at T=65,536)
 
 
-@functools.cache
-def mask_mod(pattern, window, n_global, stride, summary):
+def built_once(make):
+    """make(*setting), e.g. a BlockMask, built once per setting when called eagerly, and traced into the
+    graph when called inside a compiled model (a few small fused kernels a step). There a cached or
+    compiler-disabled builder was a graph break in every layer, and the baby GPT's sliding window trained
+    at 14.9 ms/iter alone on an H100 against softmax's 5.85 (results/h100/sparse)."""
+    cached = functools.cache(make)
+
+    @functools.wraps(make)
+    def get(*setting):
+        return make(*setting) if torch.compiler.is_compiling() else cached(*setting)
+    return get
+
+
+def new_block_mask(mod, Q, K, device):
+    """A BlockMask of FLEX_BLOCK tiles: compiled when eager on CUDA (the T×T mask is never formed)."""
+    compiled = device.startswith("cuda") and not torch.compiler.is_compiling()
+    create = compiled_create_block_mask if compiled else create_block_mask
+    return create(mod, None, None, Q, K, device=device, BLOCK_SIZE=FLEX_BLOCK)
+
+
+@built_once
+def block_mask(pattern, window, n_global, stride, summary, T, device):
     def mod(b, h, q_idx, kv_idx):
         return pattern_allows(pattern, q_idx, kv_idx, window, n_global, stride, summary)
-    return mod
-
-
-@torch.compiler.disable  # built outside any compiled graph, once per (pattern, T, device)
-@functools.cache
-def block_mask(pattern, window, n_global, stride, summary, T, device):
-    mod = mask_mod(pattern, window, n_global, stride, summary)
-    create = compiled_create_block_mask if device.startswith("cuda") else create_block_mask
-    return create(mod, None, None, T, T, device=device, BLOCK_SIZE=FLEX_BLOCK)
+    return new_block_mask(mod, T, T, device)
 
 
 # -----------------------------------------------------------------------------

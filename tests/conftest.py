@@ -84,3 +84,19 @@ def assert_fast_path_matches_reference(model, flag, idx, weight, tol=2e-2):
         outs.append((logits.float(), weight.grad.clone()))
     for a, b in zip(*outs):
         assert ((a - b).norm() / b.norm()).item() < tol
+
+
+def assert_compiled_matches_eager(model, idx, weight, breaks=0, tol=2e-2):
+    """torch.compile(model) traces with `breaks` graph breaks (0: one graph, the step can replay as CUDA
+    graphs) and its bf16 logits and gradient of `weight` agree with the eager model's to a relative error
+    of tol."""
+    assert torch._dynamo.explain(model)(idx, idx).graph_break_count == breaks
+    outs = []
+    for m in (torch.compile(model, dynamic=False), model):
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits, loss = m(idx, idx)
+        loss.backward()
+        outs.append((logits.float(), weight.grad.clone()))
+    for a, b in zip(*outs):
+        assert ((a - b).norm() / b.norm()).item() < tol

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_causal, assert_fast_path_matches_reference, decode_stepwise
+from conftest import assert_causal, assert_compiled_matches_eager, assert_fast_path_matches_reference, decode_stepwise
 
 import model_nsa
 from model import generate_by_recompute
@@ -257,7 +257,7 @@ def test_compiled_selection_equals_eager(monkeypatch):
     assert mask.sum(-1).max() == 4 and mask[0, 0, 40, 0] and not mask[0, 0, 40, 2:].any()  # n blocks, causal
 
 
-# -- the selected branch's Triton kernels (SelectedAttention) ---------------------------------------
+# -- the selected branch's Triton kernels (selected_attention) --------------------------------------
 
 def test_selection_work_inverts_the_selection():
     torch.manual_seed(0)
@@ -298,7 +298,7 @@ for Hkv, G, T, D, size, n in ((2, 4, 100, 20, 16, 4), (1, 1, 70, 16, 32, 3)):
     k, v = (torch.randn(2, Hkv, T, D).requires_grad_() for _ in range(2))
     ids = M.selection_for_flex(q.detach(), M.compress(k.detach(), cfg), cfg)
     sel = M.blocks_as_mask(ids, cfg.n_select_blocks(T))
-    o = M.SelectedAttention.apply(q, k, v, ids, size)
+    o = M.selected_attention(q, k, v, ids, size)
     go = torch.randn_like(o)
     fast = [o, *torch.autograd.grad(o, (q, k, v), go)]
     key = torch.arange(T)
@@ -423,7 +423,7 @@ def test_gpu_triton_selected_branch_at_paper_sizes():
     sel = model_nsa.blocks_as_mask(ids, cfg.n_select_blocks(T))
     go = torch.randn(2, G, T, D, device="cuda")
     qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
-    o = model_nsa.SelectedAttention.apply(qb, kb, vb, ids, size)
+    o = model_nsa.selected_attention(qb, kb, vb, ids, size)
     fast = [o, *torch.autograd.grad(o, (qb, kb, vb), go.bfloat16())]
     key = torch.arange(T, device="cuda")
     allowed = (sel[..., key // size] & (key[None, :] <= key[:, None])).repeat_interleave(G, dim=1)
@@ -452,6 +452,21 @@ def test_gpu_triton_selection_equals_chosen_blocks():
     def chosen_score(ids):
         return score.gather(-1, ids.clamp(min=0)).masked_fill(ids < 0, 0).sum(-1)
     torch.testing.assert_close(chosen_score(fast), chosen_score(ref), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("use_triton", [True, False], ids=["flex+triton", "flex"])
+def test_gpu_compiled_model_equals_eager(use_triton):
+    # the baby config's layout: one graph on the Triton path; on the flex path each layer's selection
+    # stays a compiler-disabled call (a graph break), the rest inlined
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=256, vocab_size=65, n_layer=2, n_head=16, n_kv_head=1, head_size=44, n_embd=384,
+                          cmp_block=32, cmp_stride=32, select_block=32, select_count=4, window=64, use_fla=False,
+                          use_triton=use_triton)).cuda()
+    for block in model.transformer.h:  # peaked compressed scores, as in test_gpu_fast_path_equals_reference
+        block.attn.c_attn.weight.data[:-block.attn.n_kv_head * block.attn.head_dim] *= 4
+    idx = torch.randint(0, 65, (8, 256), device="cuda")
+    assert_compiled_matches_eager(model, idx, model.transformer.h[0].attn.c_attn.weight, breaks=0 if use_triton else 2)
 
 
 @pytest.mark.gpu

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import assert_causal, assert_fast_path_matches_reference, decode_stepwise
+from conftest import assert_causal, assert_compiled_matches_eager, assert_fast_path_matches_reference, decode_stepwise
 
 import model_sparse
 from model import generate_by_recompute
@@ -174,6 +174,15 @@ def test_gpu_flex_equals_reference(variant):
     assert model.kernel_paths("cuda") == ["flex"]
     idx = torch.randint(0, 65, (4, 1024), device="cuda")
     assert_fast_path_matches_reference(model, "use_flex", idx, model.transformer.h[0].attn.c_attn.weight)
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_model_is_one_graph_equal_to_eager():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=256, vocab_size=65, n_layer=2, n_head=6, n_embd=384, window=64)).cuda()
+    assert model.kernel_paths("cuda") == ["flex"]
+    idx = torch.randint(0, 65, (8, 256), device="cuda")
+    assert_compiled_matches_eager(model, idx, model.transformer.h[0].attn.c_attn.weight)
 
 
 @pytest.mark.gpu
