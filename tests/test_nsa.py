@@ -466,7 +466,7 @@ def test_gpu_compiled_model_equals_eager(use_triton):
     for block in model.transformer.h:  # peaked compressed scores, as in test_gpu_fast_path_equals_reference
         block.attn.c_attn.weight.data[:-block.attn.n_kv_head * block.attn.head_dim] *= 4
     idx = torch.randint(0, 65, (8, 256), device="cuda")
-    assert_compiled_matches_eager(model, idx, model.transformer.h[0].attn.c_attn.weight, breaks=0 if use_triton else 2)
+    assert_compiled_matches_eager(model, idx, model.transformer.h[0].attn.c_attn.weight, breaks=0 if use_triton else None)
 
 
 @pytest.mark.gpu
