@@ -16,9 +16,10 @@ select_count = 4
 window = block_size // 4  # noqa: F821
 head_size = 44 if n_embd == 384 else 14  # noqa: F821 (the CPU profile: 128 wide, 0.80M against 0.80M)
 use_fla = False
-# and its selected branch in model_nsa's Triton kernel where the blocks allow it: the baby NSA trained
-# at 37.4 ms/iter alone on the H100 that way, 49.5 without (results/h100/speed_7cb4cb7, nsa/)
+# and its selected branch in model_nsa's Triton kernels where the blocks allow it. Those are custom
+# operators, so the compiled model is one graph and the base file's reduce-overhead replays it as CUDA
+# graphs: 15.48 ms/iter alone on the H100 (results/h100/one_graph), against 37.4 with a graph break in
+# each layer (speed_7cb4cb7) and 49.5 on the flex path (nsa/)
 from model_nsa import triton_takes  # noqa: E402
 
 use_triton = device == "cuda" and triton_takes(select_block)  # noqa: F821
-compile_mode = "default"
