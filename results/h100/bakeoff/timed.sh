@@ -11,6 +11,7 @@
 # The 2026-11-22/23 bake-off's benchmarks alone took most of two 10-minute parts (logs/part7-9.log).
 # At f22cbc7 (timed_f22cbc7/): 1,030 s, without Gated DeltaProduct's runs (fixed in 1637de1). At 71de65b
 # (timed_71de65b/): 1,320 s, every run trained (sweep 1,007 s, benchmarks 288), in three parts.
+# At f401823 (timed_f401823/), sparse and NSA compiled as one graph: 1,230 s (sweep 911, benchmarks 296).
 # Chain the calls: an idle machine is given back in 30 s.
 exec bash results/h100/part.sh /nonexistent "${1:-/tmp/bakeoff_timed}" "${2:-560}" --seeds=1337 \
   --lr_bracket=0 --seeds_at_best=
