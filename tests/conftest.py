@@ -69,6 +69,20 @@ def decode_stepwise(model, idx, prefill):
     return torch.stack(steps, 1), caches
 
 
+def logits_and_grad(model, idx, weight, forward=None):
+    """bf16 forward + backward of (forward or model) on idx: the logits and the gradient of `weight`."""
+    model.zero_grad()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits, loss = (forward or model)(idx, idx)
+    loss.backward()
+    return logits.float(), weight.grad.clone()
+
+
+def assert_close_relative(outs, tol):
+    for a, b in zip(*outs):
+        assert ((a - b).norm() / b.norm()).item() < tol
+
+
 def assert_fast_path_matches_reference(model, flag, idx, weight, tol=2e-2):
     """bf16 forward + backward with model.config.<flag> (or each of a tuple of flags) on (the fast
     kernel) and off (the PyTorch reference): the logits and the gradient of `weight` agree to a
@@ -77,13 +91,8 @@ def assert_fast_path_matches_reference(model, flag, idx, weight, tol=2e-2):
     for fast in (True, False):
         for name in (flag,) if isinstance(flag, str) else flag:
             setattr(model.config, name, fast)  # the layers share the model's config
-        model.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits, loss = model(idx, idx)
-        loss.backward()
-        outs.append((logits.float(), weight.grad.clone()))
-    for a, b in zip(*outs):
-        assert ((a - b).norm() / b.norm()).item() < tol
+        outs.append(logits_and_grad(model, idx, weight))
+    assert_close_relative(outs, tol)
 
 
 def assert_compiled_matches_eager(model, idx, weight, breaks=0, tol=2e-2):
@@ -93,12 +102,5 @@ def assert_compiled_matches_eager(model, idx, weight, breaks=0, tol=2e-2):
     if breaks is not None:
         explained = torch._dynamo.explain(model)(idx, idx)
         assert explained.graph_break_count == breaks, [r.reason.splitlines()[0] for r in explained.break_reasons]
-    outs = []
-    for m in (torch.compile(model, dynamic=False), model):
-        model.zero_grad()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits, loss = m(idx, idx)
-        loss.backward()
-        outs.append((logits.float(), weight.grad.clone()))
-    for a, b in zip(*outs):
-        assert ((a - b).norm() / b.norm()).item() < tol
+    outs = [logits_and_grad(model, idx, weight, forward) for forward in (torch.compile(model, dynamic=False), None)]
+    assert_close_relative(outs, tol)
