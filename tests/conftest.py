@@ -73,7 +73,7 @@ def logits_and_grad(model, idx, weight, forward=None):
     """bf16 forward + backward of (forward or model) on idx: the logits and the gradient of `weight`."""
     model.zero_grad()
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits, loss = (forward or model)(idx, idx)
+        logits, loss = (model if forward is None else forward)(idx, idx)
     loss.backward()
     return logits.float(), weight.grad.clone()
 
