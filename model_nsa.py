@@ -564,7 +564,7 @@ def _slc_shapes(q, k, select_block, n):
 # whole model then compiles as one graph and replays as CUDA graphs. As an autograd.Function called from a
 # compiler-disabled method, each layer was a graph break with its glue (gates, casts, their gradients)
 # run eagerly: a baby NSA step took 55 ms for 20 ms of GPU work (results/h100/bakeoff/timed_c9dc26c).
-@torch.library.custom_op("nanogpt_lab::selected_attention", mutates_args=())
+@torch.library.custom_op("attention_lab::selected_attention", mutates_args=())
 def selected_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
                            select_block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(o, lse): lse the log2 of each row's softmax sum, which the backward reads."""
@@ -580,7 +580,7 @@ def _(q, k, v, idx, select_block):
     return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
-@torch.library.custom_op("nanogpt_lab::selected_attention_bwd", mutates_args=())
+@torch.library.custom_op("attention_lab::selected_attention_bwd", mutates_args=())
 def selected_attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
                            o: torch.Tensor, lse: torch.Tensor, select_block: int
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -698,7 +698,7 @@ def selection_triton(q, kc, config):
                             config.select_count)
 
 
-@torch.library.custom_op("nanogpt_lab::nsa_selection", mutates_args=())  # as selected_attention_fwd
+@torch.library.custom_op("attention_lab::nsa_selection", mutates_args=())  # as selected_attention_fwd
 def triton_selection(q: torch.Tensor, kc: torch.Tensor, cmp_block: int, cmp_stride: int, select_block: int,
                      select_count: int) -> torch.Tensor:
     config = GPTConfig(cmp_block=cmp_block, cmp_stride=cmp_stride, select_block=select_block, select_count=select_count)

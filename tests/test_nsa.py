@@ -318,6 +318,16 @@ with torch.no_grad():
     kc, vc = attn.compressed(k, v)
     fast, ref = attn._flex(q, k, v, kc, vc, gates), M.nsa_reference(q, k, v, kc, vc, gates, cfg)
 assert ((fast - ref).norm() / ref.norm()).item() < 1e-5
+# the custom operators' registrations (fake shapes and strides, autograd) against their real outputs:
+# what torch.compile is told to expect of them
+cfg = M.GPTConfig(n_embd=64, n_head=4, n_kv_head=2, cmp_block=16, cmp_stride=16, select_block=16, select_count=3,
+                  window=0, use_triton=True)
+q, k, v = torch.randn(1, 4, 64, 16), torch.randn(1, 2, 64, 16), torch.randn(1, 2, 64, 16)
+kc = M.compress(k, cfg)
+torch.library.opcheck(torch.ops.attention_lab.nsa_selection.default, (q, kc, 16, 16, 16, 3))
+ids = M.selection_triton(q, kc, cfg)
+torch.library.opcheck(torch.ops.attention_lab.selected_attention.default,
+                      tuple(t.requires_grad_() for t in (q, k, v)) + (ids, 16))
 print("ok")
 """
 
@@ -325,7 +335,8 @@ print("ok")
 def test_triton_selected_branch_equals_masked_attention_interpreted():
     # Triton's interpreter (TRITON_INTERPRET=1, read when a kernel is defined: a fresh process) runs the
     # GPU kernels on CPU tensors: forward and all three gradients against SDPA with the selection as a
-    # mask, then the whole flex+triton layer's forward against the reference
+    # mask, the whole flex+triton layer's forward against the reference, and torch's opcheck of the
+    # custom operators
     pytest.importorskip("triton")
     import os
     import subprocess
