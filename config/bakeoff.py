@@ -26,7 +26,10 @@ else:  # the published experiment: 3 seeds for error bars
     # seed five of seven families were best at 5e-4 and vanilla at 2e-3 (results/h100/bakeoff)
     lr_bracket = 2
     # three runs at once on each GPU: the launch-bound families train at twice the throughput together,
-    # the CUDA-graphed vanilla GPT at 0.93x (results/h100/sharing)
+    # the CUDA-graphed vanilla GPT at 0.93x (results/h100/sharing). Since f401823 every family's step is
+    # CUDA-graphed: NSA's and Gated DeltaProduct's three runs shared at 0.91x and 0.97x (timed_f401823).
+    # Sharing still overlaps each run's compilation with the others' training; one run at a time is not
+    # timed since.
     runs_per_gpu = 3
     # each evaluation reads both splits whole (1 + 8 forwards of 512 windows) instead of 2 × 200 sampled
     # batches (50 forwards): the exact loss, the same in expectation, a fifth of the evaluation's work.
