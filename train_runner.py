@@ -1284,10 +1284,13 @@ def sweep(cfg, sweep_paths=(), raw=None):
     if cfg["sweep_worker"] < 0:  # the runs of these models that an earlier config trained and this one no
         # longer lists (its bracket went elsewhere, its extra seeds ran at another best rate) are set aside
         # too: the report counts every run of a model (results/h100/bakeoff kept DeltaNet's runs from before its retuning)
-        earlier = {out.name: read_metrics(out).get("config") or {} for out in root.glob("runs/*/")}
-        set_aside_changed(root, [sweep_run(name, c["learning_rate"], c["seed"]) for folder, c in earlier.items()
-                                 for name in specs if "learning_rate" in c and "seed" in c
-                                 and folder == run_folder(name, c["learning_rate"], c["seed"])], "sweep")
+        earlier = []
+        for name in specs:
+            for out in root.glob(f"runs/{name}_lr*/"):
+                c = read_metrics(out).get("config") or {}
+                if "learning_rate" in c and "seed" in c and out.name == run_folder(name, c["learning_rate"], c["seed"]):
+                    earlier.append(sweep_run(name, c["learning_rate"], c["seed"]))
+        set_aside_changed(root, earlier, "sweep")
     seeds = split(cfg["seeds"], int)
     tried = bracketed_rounds(cfg, root, list(specs), lambda name, lr: [sweep_run(name, lr, seed) for seed in seeds],
                              lambda name, lrs: best_tried_lr(root, name, lrs, seeds), "sweep", sweep_paths, raw)
