@@ -31,11 +31,13 @@ so everything but the S recurrence across chunks is batched matrix work: O(T·C�
 T×T. That recurrence is affine in S, S' = M S + D with M = Γ_C I - (K ⊙ Γ_C/Γ)ᵀ W, so at long T
 it is solved as a scan over chunks (pairs composed, log₂ of the chunk count levels) instead of one
 small step per chunk. On CUDA the same function runs in flash-linear-attention's chunk kernels
-(bf16); DeltaNet's are wrapped as a PyTorch operator, so torch.compile and CUDA graphs take them in
-whole. The layer keeps one bf16 copy of its input and its projections for the backward and recomputes
-the convolutions and the output norm there. FLA's gated kernels refuse some setups (Triton >= 3.4,
-< 3.7.1 on Hopper), and on that setup FLA's delta rule faults when keys and values differ in width; the
-layer then falls back to the PyTorch form with one warning, and kernel_path says 'pytorch-fallback'.
+(bf16), wrapped as PyTorch operators, so torch.compile and CUDA graphs take them in whole. The layer
+keeps one bf16 copy of its input and its projections for the backward and recomputes the convolutions
+and the output norm there. FLA refuses its gated backward on Hopper with Triton >= 3.4, < 3.7.1, for one
+miscompiled kernel (chunk_bwd_dqkwg): there that kernel's function runs as chunk-parallel PyTorch,
+registered with FLA's own backend registry, and the rest stays FLA's. On that setup FLA's delta rule also
+faults when keys and values differ in width; such a layer, and any whose FLA probe fails, falls back to
+the PyTorch form with one warning, and kernel_path says 'pytorch-fallback'.
 
 Decoding carries S (and the last conv_size-1 projections for the convolutions): constant memory
 and time per token. With learned positions the context is capped at block_size like softmax's;
@@ -271,18 +273,89 @@ def fla_kernel(variant):
     if variant == "deltanet":
         from fla.ops.delta_rule import chunk_delta_rule
         return chunk_delta_rule
-    # FLA 0.6.0 refuses its gated backward on Hopper with Triton 3.4.0 up to 3.7.1 (fla/ops/common/chunk_o.py),
-    # but only once a probe's forward and backward have autotuned up to it: minutes on a fresh H100. Its flags
-    # say the same at once.
-    from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
-    if IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1:
-        raise RuntimeError("Triton >= 3.4.0 and < 3.7.1 on Hopper GPUs produces incorrect results for gated "
-                           "chunk_bwd_dqkwg (flash-linear-attention's own check; Triton >= 3.7.1 runs it)")
+    stand_in_where_fla_refuses()
     if variant == "gated_deltanet":
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
         return chunk_gated_delta_rule
     from fla.ops.gated_delta_product import chunk_gated_delta_product
     return chunk_gated_delta_product
+
+
+# FLA 0.6.0 refuses its gated backward on Hopper with Triton >= 3.4.0 and < 3.7.1: one kernel of it,
+# chunk_bwd_dqkwg, is miscompiled there (FLA's #640; fla/ops/common/chunk_o.py). FLA's own answer is a
+# TileLang twin, where TileLang and nvcc are installed. FLA's backend registry (fla/backends.py) takes
+# others, so here is the same function as chunk-parallel PyTorch, registered for exactly the setups FLA
+# refuses and after TileLang's: the rest of FLA's gated kernels run as they are. tests/test_delta.py checks
+# it against FLA's kernel in Triton's interpreter, and the whole gated path against the reference on a GPU.
+
+def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, scale=None, state_v_first=False,
+                    cu_seqlens=None, chunk_size=64, chunk_indices=None):
+    """FLA's chunk_bwd_dqkwg for a gated delta rule, chunk by chunk as its kernel: q, k [B, T, H, K]; v (the
+    corrected values), do, dv [B, T, HV, V]; w [B, T, HV, K]; g [B, T, HV], the chunk-local cumulative log₂
+    decay; h, dh [B, N, HV, K, V] (V, K with state_v_first), the state entering each chunk and its gradient.
+    Per chunk, with G_i = 2^g_i and G_C that of its last row:
+        dq = (dO Sᵀ ⊙ G) s + tril(dO Vᵀ ⊙ G_i/G_j) s K        dw = -dV Sᵀ
+        dk = V dSᵀ ⊙ G_C/G + (tril(dO Vᵀ ⊙ G_i/G_j) s)ᵀ Q
+        dg = Σ dq⊙q - Σ dk⊙k, its last row + G_C Σ S⊙dS + Σ dk⊙k
+    Returns dq, dk [B, T, H, K], dw, dg [B, T, HV] (float32), as FLA's does."""
+    B, T, H, K = k.shape
+    HV, V, C = v.shape[2], v.shape[3], chunk_size
+    N, pad = -(-T // C), (-T) % C
+
+    def chunks(x):  # [B, T, heads, d] -> [B, HV, N, C, d] in float32
+        x = x.float().repeat_interleave(HV // x.shape[2], dim=2) if x.shape[2] != HV else x.float()
+        return F.pad(x, (0, 0, 0, 0, 0, pad)).view(B, N, C, HV, -1).permute(0, 3, 1, 2, 4)
+
+    def tokens(x, dtype):  # and back
+        return x.permute(0, 2, 3, 1, 4).reshape(B, N * C, HV, -1)[:, :T].to(dtype)
+
+    q_, k_, v_, do_ = chunks(q), chunks(k), chunks(v), chunks(do)
+    S, dS = (x.float().view(B, N, HV, *((V, K) if state_v_first else (K, V))).transpose(1, 2) for x in (h, dh))
+    if state_v_first:
+        S, dS = S.transpose(-1, -2), dS.transpose(-1, -2)
+    G = chunks(g[..., None])[..., 0]  # [B, HV, N, C]
+    ends = (torch.arange(1, N + 1, device=g.device) * C).clamp(max=T) - 1  # each chunk's last row
+    G_last = g.float().transpose(1, 2)[..., ends].view(B, HV, N, 1)
+    pos = torch.arange(N * C, device=g.device).view(N, C)
+    valid, i = pos < T, torch.arange(C, device=g.device)
+    dq = do_ @ S.transpose(-1, -2) * (G.exp2() * scale)[..., None]
+    dk = v_ @ dS.transpose(-1, -2) * torch.where(valid, (G_last - G).exp2(), 0)[..., None]
+    dg_last = (S * dS).sum((-1, -2))[..., None] * G_last.exp2() + (dk * k_).sum((-1, -2))[..., None]
+    ds = (do_ @ v_.transpose(-1, -2)) * (G[..., :, None] - G[..., None, :]).exp2()
+    ds = torch.where((i[:, None] >= i[None, :]) & valid[:, None, :], ds, 0) * scale
+    dq = dq + ds @ k_
+    dk = dk + ds.transpose(-1, -2) @ q_
+    dg = (dq * q_).sum(-1) - (dk * k_).sum(-1) + torch.where(valid & ((i == C - 1) | (pos == T - 1)), dg_last, 0)
+    dq, dk = tokens(dq, q.dtype), tokens(dk, k.dtype)
+    if HV != H:
+        dq, dk = dq.view(B, T, H, HV // H, K).sum(3), dk.view(B, T, H, HV // H, K).sum(3)
+    dw = tokens(-(chunks(dv) @ S.transpose(-1, -2)), w.dtype) if w is not None else None
+    return dq, dk, dw, tokens(dg[..., None], torch.float32)[..., 0]
+
+
+def fla_refuses_gated():  # FLA's own condition (fla/ops/common/chunk_o.py), read when asked
+    import fla.utils
+    return fla.utils.IS_NVIDIA_HOPPER and fla.utils.TRITON_ABOVE_3_4_0 and not fla.utils.TRITON_ABOVE_3_7_1
+
+
+@functools.cache
+def stand_in_where_fla_refuses():
+    """Register chunk_bwd_dqkwg above with FLA, for the calls FLA's kernel would refuse (once a process)."""
+    import fla.ops.common.chunk_o  # noqa: F401 (loads FLA's registry for it, TileLang's backend included)
+    from fla.backends import BaseBackend, register
+
+    def verifier(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, scale=None, state_v_first=False,
+                 cu_seqlens=None, chunk_size=64, chunk_indices=None):
+        if g is None or g_gamma is not None or cu_seqlens is not None:
+            return False, "only the gated case with equal-length sequences"
+        return (True, None) if fla_refuses_gated() else (False, "FLA's own kernel is right on this setup")
+
+    class PyTorchDqkwg(BaseBackend):
+        backend_type, priority = "attention_lab", 6  # after FLA's (TileLang's is 5)
+        chunk_bwd_dqkwg_verifier = staticmethod(verifier)
+        chunk_bwd_dqkwg = staticmethod(chunk_bwd_dqkwg)
+
+    register("common")(PyTorchDqkwg)
 
 
 # FLA's entry point (chunk_delta_rule) is a graph break under torch.compile, so a compiled training step
@@ -351,6 +424,81 @@ def _fla_delta_rule_backward(ctx, do, *unused):  # the grads of the kept tensors
 
 
 fla_delta_rule.register_autograd(_fla_delta_rule_backward, setup_context=_keep_for_backward)
+
+
+# The gated variants the same way: FLA's Gated DeltaProduct forward (Gated DeltaNet at n = 1) and, as its own
+# autograd.Function does, the gated delta rule's backward over the T·n sub-steps.
+
+@functools.cache
+def fla_gated_parts():
+    """(chunk_gated_delta_product_fwd, chunk_gated_delta_rule_bwd) from flash-linear-attention."""
+    stand_in_where_fla_refuses()
+    from fla.ops.gated_delta_product.chunk import chunk_gated_delta_product_fwd
+    from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd
+    return chunk_gated_delta_product_fwd, chunk_gated_delta_rule_bwd
+
+
+@torch.library.custom_op("attention_lab::fla_gated_delta_product", mutates_args=())
+def fla_gated_delta_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                            scale: float, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                           torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gated DeltaProduct from a zero state, q and k L2-normalised in the kernel: q [B, T, H, K], k, v and beta
+    over the T·n sub-steps, g [B, T, H] the float32 log decay of each token. Returns o and what the backward
+    keeps: the normalised q and k, their 1/norms, the sub-steps' cumulative decays, the chunks' (I + A)⁻¹."""
+    l2norm_fwd = fla_delta_parts()[0]
+    fwd, _ = fla_gated_parts()
+    with torch.cuda.device_of(q):
+        q, q_rstd = l2norm_fwd(q.contiguous())
+        k, k_rstd = l2norm_fwd(k.contiguous())
+        _, g_steps, o, A, _, _ = fwd(q=q, k=k, v=v.contiguous(), g=g.contiguous(), beta=beta.contiguous(),
+                                     scale=scale, num_householder=n)
+    return o.to(q.dtype), q, q_rstd, k, k_rstd, g_steps, A
+
+
+@fla_gated_delta_product.register_fake
+def _(q, k, v, g, beta, scale, n):
+    return (q.new_empty(*q.shape[:-1], v.shape[-1]), dense_like(q), q.new_empty(q.shape[:-1], dtype=torch.float32),
+            dense_like(k), k.new_empty(k.shape[:-1], dtype=torch.float32), beta.new_empty(beta.shape, dtype=torch.float32),
+            k.new_empty(*k.shape[:-1], 64))
+
+
+@torch.library.custom_op("attention_lab::fla_gated_delta_product_bwd", mutates_args=())
+def fla_gated_delta_product_bwd(do: torch.Tensor, q: torch.Tensor, q_rstd: torch.Tensor, k: torch.Tensor,
+                                k_rstd: torch.Tensor, v: torch.Tensor, g_steps: torch.Tensor, beta: torch.Tensor,
+                                A: torch.Tensor, scale: float, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor, torch.Tensor]:
+    l2norm_bwd = fla_delta_parts()[3]
+    _, bwd = fla_gated_parts()
+    B, T, H, K = q.shape
+    with torch.cuda.device_of(q):
+        # each token's query and output gradient at its last sub-step, zeros at the others
+        q_steps, do_steps = q.new_zeros(B, T, n, H, K), do.new_zeros(B, T, n, H, do.shape[-1])
+        q_steps[:, :, -1], do_steps[:, :, -1] = q, do
+        dq, dk, dv, dbeta, dg, *_ = bwd(q=q_steps.flatten(1, 2), k=k, v=v.contiguous(), g=g_steps, beta=beta.contiguous(),
+                                        A=A, scale=scale, initial_state=None, do=do_steps.flatten(1, 2), dht=None)
+        dq = dq.reshape(B, T, n, H, K)[:, :, -1].contiguous()
+        dg = dg.reshape(B, T, n, H)[:, :, 0].contiguous()  # the decay acts at each token's first sub-step
+        dq, dk = l2norm_bwd(q, q_rstd, dq), l2norm_bwd(k, k_rstd, dk)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.float(), dbeta.to(beta.dtype)
+
+
+@fla_gated_delta_product_bwd.register_fake
+def _(do, q, q_rstd, k, k_rstd, v, g_steps, beta, A, scale, n):
+    return dense_like(q), dense_like(k), dense_like(v), q.new_empty(q.shape[:-1], dtype=torch.float32), dense_like(beta)
+
+
+def _keep_for_gated_backward(ctx, inputs, output):
+    _, _, v, _, beta, ctx.scale, ctx.n = inputs
+    _, q, q_rstd, k, k_rstd, g_steps, A = output
+    ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g_steps, beta, A)
+
+
+def _fla_gated_delta_product_backward(ctx, do, *unused):
+    dq, dk, dv, dg, dbeta = fla_gated_delta_product_bwd(do, *ctx.saved_tensors, ctx.scale, ctx.n)
+    return dq, dk, dv, dg, dbeta, None, None
+
+
+fla_gated_delta_product.register_autograd(_fla_gated_delta_product_backward, setup_context=_keep_for_gated_backward)
 
 
 # -----------------------------------------------------------------------------
@@ -497,8 +645,10 @@ class DeltaAttention(nn.Module):
         lp = torch.bfloat16 if q.dtype == torch.float32 else q.dtype  # FLA's chunk kernels refuse float32
         q, k, v, beta = (t.to(lp).contiguous() for t in (q, k, v, beta))
         kwargs = dict(scale=self.config.k_dim ** -0.5, output_final_state=want_state, use_qk_l2norm_in_kernel=True)
-        if variant == "deltanet" and not want_state:  # training: the operator above, no graph break
+        if variant == "deltanet" and not want_state:  # training: the operators above, no graph break
             o, S = fla_delta_rule(q, k, v, beta, kwargs["scale"])[0], None
+        elif not want_state:
+            o, S = fla_gated_delta_product(q, k, v, log_alpha.float(), beta, kwargs["scale"], n)[0], None
         elif variant == "deltanet":
             o, S = fla_kernel(variant)(q, k, v, beta, **kwargs)
         elif variant == "gated_deltanet":

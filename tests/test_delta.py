@@ -186,6 +186,7 @@ def stand_in_for_fla(setattr_=setattr):
     setattr_(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "fla")
     setattr_(model_delta, "fla_kernel", lambda variant: lambda q, k, v, *a, **kw: (KernelStandIn.apply(q, v), None))
     setattr_(model_delta, "fla_delta_rule", lambda q, k, v, beta, scale: (KernelStandIn.apply(q, v),))
+    setattr_(model_delta, "fla_gated_delta_product", lambda q, k, v, g, beta, scale, n: (KernelStandIn.apply(q, v),))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -286,11 +287,33 @@ def gated_delta_rule(q, k, v, g, beta, scale, output_final_state, use_qk_l2norm_
     return o.transpose(1, 2), S
 
 
+def steps_delta_rule(q, k, v, beta, g_steps):  # [B, T·n, H, d] in and out, the output after every sub-step
+    return recurrent_delta_rule(*(t.transpose(1, 2) for t in (q, k, v, beta, g_steps)))[0].transpose(1, 2)
+
+
+def gated_product_fwd(q, k, v, g, beta, scale, num_householder):  # FLA's; the decay per sub-step stands in for
+    B, T, H, K = q.shape  # its cumulative log₂ decays, read only by gated_product_bwd
+    g_steps = torch.zeros(B, T, num_householder, H)  # float32, as FLA's
+    g_steps[:, :, 0] = g
+    q_steps = torch.zeros(B, T, num_householder, H, K, dtype=q.dtype)
+    q_steps[:, :, -1] = q * scale
+    o = steps_delta_rule(q_steps.flatten(1, 2), k, v, beta, g_steps.flatten(1, 2).to(q.dtype))
+    A = k.new_zeros(*k.shape[:-1], 64)  # unused by gated_product_bwd
+    return None, g_steps.flatten(1, 2), o.view(B, T, num_householder, H, -1)[:, :, -1].contiguous(), A, None, None
+
+
+def gated_product_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht):  # FLA's chunk_gated_delta_rule_bwd's
+    _, vjp = torch.func.vjp(lambda q, k, v, beta, g: steps_delta_rule(q * scale, k, v, beta, g), q, k, v, beta,
+                            g.to(q.dtype))
+    dq, dk, dv, dbeta, dg = (t.contiguous() for t in vjp(do))  # FLA's outputs are contiguous
+    return dq, dk, dv, dbeta, dg, None, None, None
+
+
 @pytest.fixture
 def fla_on_the_cpu(monkeypatch):
-    """The layer takes its FLA path on the CPU (DeltaNet and Gated DeltaNet), FLA's functions replaced by
-    the reference above."""
+    """The layer takes its FLA path on the CPU (every variant), FLA's functions replaced by the reference above."""
     monkeypatch.setattr(model_delta, "fla_delta_parts", lambda: (l2norm_fwd, delta_fwd, delta_bwd, l2norm_bwd))
+    monkeypatch.setattr(model_delta, "fla_gated_parts", lambda: (gated_product_fwd, gated_product_bwd))
     monkeypatch.setattr(model_delta, "fla_kernel", lambda variant: gated_delta_rule)
     monkeypatch.setattr(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "fla")
 
@@ -309,15 +332,20 @@ def test_recomputing_in_the_backward_gives_the_same_gradients(case, fla_on_the_c
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-def test_fla_operator_passes_torch_opcheck(fla_on_the_cpu):
+def test_fla_operators_pass_torch_opcheck(fla_on_the_cpu):
     # schema, fake tensors (what torch.compile traces with) against the real outputs, autograd registration
     q, k, v = (torch.randn(2, 70, 3, 8, dtype=torch.double, requires_grad=True) for _ in range(3))
     beta = torch.rand(2, 70, 3, dtype=torch.double, requires_grad=True)
     torch.library.opcheck(model_delta.fla_delta_rule, (q, k, v, beta, 0.35))
+    k2, v2 = (torch.randn(2, 140, 3, 8, dtype=torch.double, requires_grad=True) for _ in range(2))  # two sub-steps a token
+    beta2 = torch.rand(2, 140, 3, dtype=torch.double, requires_grad=True)
+    g = -torch.rand(2, 70, 3, requires_grad=True)
+    torch.library.opcheck(model_delta.fla_gated_delta_product, (q, k2, v2, g, beta2, 0.35, 2))
 
 
-def test_the_fla_operator_path_equals_the_reference_and_compiles_without_a_graph_break(fla_on_the_cpu):
-    m = tiny(variant="deltanet").train()
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_fla_operator_path_equals_the_reference_and_compiles_without_a_graph_break(variant, fla_on_the_cpu):
+    m = tiny(variant=variant).train()
     idx = torch.randint(0, 11, (2, 16))
     runs = []
     for fn in (m, torch.compile(m, backend="aot_eager", fullgraph=True)):
@@ -331,9 +359,60 @@ def test_the_fla_operator_path_equals_the_reference_and_compiles_without_a_graph
         logits, loss = m(idx, idx)
         loss.backward()
     for got_logits, got_grads in runs:
-        torch.testing.assert_close(got_logits, logits, rtol=0, atol=1e-10)
+        torch.testing.assert_close(got_logits, logits, rtol=0, atol=1e-6 if m.config.gated else 1e-10)  # g: float32
         for a, b in zip(got_grads, (p.grad for p in m.parameters())):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # the backward's 1/|x| is float32
+
+
+DQKWG_CHECK = """
+import torch
+import fla.ops.common.chunk_o as chunk_o
+import model_delta
+chunk_o.chunk_bwd_kernel_dqkwg.fn.configs = chunk_o.chunk_bwd_kernel_dqkwg.fn.configs[:1]  # nothing to benchmark
+torch.manual_seed(0)
+for B, T, H, HV, K, V, state_v_first in [(2, 100, 2, 2, 16, 32, False), (1, 64, 1, 2, 16, 16, True),
+                                         (2, 130, 2, 2, 32, 16, False)]:
+    C, N = 64, -(-T // 64)
+    q, k = (torch.randn(B, T, H, K) for _ in range(2))
+    v, do, dv = (torch.randn(B, T, HV, V) for _ in range(3))
+    g = torch.nn.functional.pad(-torch.rand(B, T, HV) * 0.3, (0, 0, 0, N * C - T))
+    g = g.view(B, N, C, HV).cumsum(2).view(B, N * C, HV)[:, :T].contiguous()  # chunk-local cumulative, as FLA's
+    h, dh = (torch.randn(B, N, HV, *((V, K) if state_v_first else (K, V))) for _ in range(2))
+    args = dict(q=q, k=k, v=v, do=do, h=h, dh=dh, w=torch.randn(B, T, HV, K), g=g, dv=dv, scale=0.3,
+                state_v_first=state_v_first)
+    for got, want in zip(model_delta.chunk_bwd_dqkwg(**args), chunk_o.chunk_bwd_dqkwg(**args)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+
+
+def test_the_dqkwg_stand_in_equals_fla_kernel_in_triton_interpreter():
+    # FLA's own Triton kernel, run by Triton's interpreter on the CPU (TRITON_INTERPRET is read when a kernel is
+    # defined: a fresh process), against model_delta.chunk_bwd_dqkwg: dq, dk, dw and dg, with a last chunk
+    # shorter than the rest, grouped heads, and either layout of the states
+    pytest.importorskip("fla")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = subprocess.run([sys.executable, "-c", DQKWG_CHECK], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("hopper, above_3_7_1, used", [(True, False, True), (True, True, False), (False, False, False)])
+def test_the_dqkwg_stand_in_is_taken_exactly_where_fla_refuses(hopper, above_3_7_1, used, monkeypatch):
+    fla_utils = pytest.importorskip("fla.utils")
+    monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", hopper)
+    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_4_0", True)
+    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", above_3_7_1)
+    model_delta.stand_in_where_fla_refuses()
+    from fla.backends import _get_operation_registry
+    backend = _get_operation_registry("common")._backends["attention_lab"]
+    x = torch.zeros(1, 64, 1, 16)
+    gated = dict(q=x, k=x, v=x, do=x, h=x, dh=x, g=torch.zeros(1, 64, 1))
+    assert backend.verify("chunk_bwd_dqkwg", **gated)[0] == used
+    assert not backend.verify("chunk_bwd_dqkwg", **dict(gated, g=None))[0]  # DeltaNet's: FLA's kernel is right
 
 
 # -- GPU: flash-linear-attention against the PyTorch path (run on the device machine) -------------
@@ -355,34 +434,48 @@ def test_gpu_fla_equals_reference(variant, extra):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("n", [0, 1, 2], ids=["deltanet", "gated_deltanet", "gated_deltaproduct"])
 @pytest.mark.parametrize("T", [64, 1000])
-def test_gpu_fla_operator_gradients_each_equal_the_reference(T):
+def test_gpu_fla_operator_gradients_each_equal_the_reference(T, n):
     # flash-linear-attention's tracker (#984) reports prepare_wy_repr_bwd's dk and dβ wrong at chunk 64 on
-    # Hopper with Triton >= 3.4, which is where the baby DeltaNet trains. The model-level check above sees
-    # the logits and one weight's gradient, where one bad tensor could hide: here each gradient of the
-    # operator the layer runs (bf16) against the PyTorch chunked form (float32), T a multiple of 64 or not.
+    # Hopper with Triton >= 3.4, which is where the baby DeltaNet trains; its gated backward runs there with
+    # model_delta's chunk_bwd_dqkwg in place of the kernel FLA refuses. The model-level check above sees the
+    # logits and one weight's gradient, where one bad tensor could hide: here each gradient of the operator
+    # the layer runs (bf16) against the PyTorch chunked form (float32), T a multiple of 64 or not.
+    # n: 0 DeltaNet's operator, else the gated one with n sub-steps a token.
     pytest.importorskip("fla")
-    if model_delta.fla_status("deltanet") is not None:
-        pytest.skip(f"FLA cannot run deltanet here: {model_delta.fla_status('deltanet')}")
+    variant = ["deltanet", "gated_deltanet", "gated_deltaproduct"][n]
+    if model_delta.fla_status(variant) is not None:
+        pytest.skip(f"FLA cannot run {variant} here: {model_delta.fla_status(variant)}")
     torch.manual_seed(0)
-    B, H, D = 2, 4, 64
-    inputs = [torch.randn(B, T, H, D, device="cuda") for _ in range(3)] + [torch.rand(B, T, H, device="cuda")]
+    B, H, D, steps = 2, 4, 64, max(n, 1)
+    inputs = [torch.randn(B, T, H, D, device="cuda")] + [torch.randn(B, T * steps, H, D, device="cuda") for _ in range(2)]
+    inputs += [torch.rand(B, T * steps, H, device="cuda")] + [-torch.rand(B, T, H, device="cuda")] * bool(n)
     go = torch.randn(B, T, H, D, device="cuda")
-    fast_in = [t.bfloat16().requires_grad_() for t in inputs]
-    o = model_delta.fla_delta_rule(*fast_in, D ** -0.5)[0]
+    fast_in = [t.bfloat16().requires_grad_() for t in inputs[:4]] + [t.clone().requires_grad_() for t in inputs[4:]]
+    if n:
+        q, k, v, beta, g = fast_in
+        o = model_delta.fla_gated_delta_product(q, k, v, g, beta, D ** -0.5, n)[0]
+    else:
+        o = model_delta.fla_delta_rule(*fast_in, D ** -0.5)[0]
     fast = [o, *torch.autograd.grad(o, fast_in, go.bfloat16())]
-    q, k, v, beta = ref_in = [t.clone().requires_grad_() for t in inputs]
+    ref_in = [t.clone().requires_grad_() for t in inputs]
+    q, k, v, beta = ref_in[:4]
     qn = torch.nn.functional.normalize(q, dim=-1) * D ** -0.5  # the kernel's L2 norm, then its scale
     kn = torch.nn.functional.normalize(k, dim=-1)
-    ref = chunked_delta_rule(*(t.transpose(1, 2) for t in (qn, kn, v, beta)))[0].transpose(1, 2)
+    la = None
+    if n:  # the decay at each token's first sub-step
+        la = torch.stack([ref_in[4]] + [torch.zeros_like(ref_in[4])] * (n - 1), 2).flatten(1, 2)
+    ref = chunked_delta_rule(*(t.transpose(1, 2) for t in (qn, kn, v, beta)), la if la is None else la.transpose(1, 2),
+                             chunk_size=64 // steps * steps, read_every=steps)[0].transpose(1, 2)
     expected = [ref, *torch.autograd.grad(ref, ref_in, go)]
     errors = {name: ((a.float() - b).norm() / b.norm()).item()
-              for name, a, b in zip(("o", "dq", "dk", "dv", "dbeta"), fast, expected)}
+              for name, a, b in zip(("o", "dq", "dk", "dv", "dbeta", "dg"), fast, expected)}
     assert max(errors.values()) < 2e-2, errors
 
 
 @pytest.mark.gpu
-def test_gpu_fla_operator_passes_torch_opcheck():
+def test_gpu_fla_operators_pass_torch_opcheck():
     # FLA's real outputs against the shapes, dtypes and strides torch.compile is told to expect
     pytest.importorskip("fla")
     if model_delta.fla_status("deltanet") is not None:
@@ -390,17 +483,24 @@ def test_gpu_fla_operator_passes_torch_opcheck():
     q, k, v = (torch.randn(2, 200, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     beta = torch.rand(2, 200, 4, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     torch.library.opcheck(model_delta.fla_delta_rule, (q, k, v, beta, 0.125))
+    if model_delta.fla_status("gated_deltaproduct") is not None:
+        pytest.skip(model_delta.fla_status("gated_deltaproduct"))
+    k2, v2 = (torch.randn(2, 400, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    beta2 = torch.rand(2, 400, 4, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = -torch.rand(2, 200, 4, device="cuda", requires_grad=True)
+    torch.library.opcheck(model_delta.fla_gated_delta_product, (q, k2, v2, g, beta2, 0.125, 2))
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["deltanet", "gated_deltaproduct"])
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_gpu_compiled_fla_path_equals_eager(mode):
+def test_gpu_compiled_fla_path_equals_eager(mode, variant):
     # compiled, FLA's kernels sit inside the graph (no break), and under reduce-overhead inside a CUDA graph
     pytest.importorskip("fla")
-    if model_delta.fla_status("deltanet") is not None:
-        pytest.skip(model_delta.fla_status("deltanet"))
+    if model_delta.fla_status(variant) is not None:
+        pytest.skip(model_delta.fla_status(variant))
     torch.manual_seed(0)
-    m = GPT(GPTConfig(block_size=256, vocab_size=65, n_layer=2, n_head=4, n_embd=128, variant="deltanet")).cuda()
+    m = GPT(GPTConfig(block_size=256, vocab_size=65, n_layer=2, n_head=4, n_embd=128, variant=variant)).cuda()
     idx = torch.randint(0, 65, (8, 256), device="cuda")
     compiled = torch.compile(m, mode=mode)
     outs = []
@@ -449,26 +549,6 @@ def test_fla_probe_takes_its_backward_even_when_first_called_from_decoding(monke
     with torch.inference_mode():
         assert model_delta.fla_status("deltanet") is None
     assert seen == [True]
-
-
-@pytest.mark.parametrize("hopper,above_3_7_1,refused", [(True, False, True), (True, True, False), (False, False, False)])
-def test_gated_kernels_refused_on_fla_own_terms_before_any_probe(monkeypatch, hopper, above_3_7_1, refused):
-    # FLA raises only in the gated backward, after minutes of autotuning on a fresh H100; its flags say it at once
-    fla_utils = pytest.importorskip("fla.utils")
-    monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", hopper)
-    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_4_0", True)
-    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", above_3_7_1)
-    monkeypatch.setattr(model_delta, "FLA_STATUS", {})
-    monkeypatch.setattr(model_delta, "fla_kernel", model_delta.fla_kernel.__wrapped__)
-    probed = []
-    monkeypatch.setattr(model_delta, "probe_fla_kernel", lambda fn, variant: probed.append(variant))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        status = {v: model_delta.fla_status(v) for v in VARIANTS}
-    gated = ["gated_deltanet", "gated_deltaproduct"]
-    assert status["deltanet"] is None
-    assert all(("Triton >= 3.4.0 and < 3.7.1" in (status[v] or "")) == refused for v in gated)
-    assert probed == (["deltanet"] if refused else list(VARIANTS))
 
 
 @pytest.mark.parametrize("hopper,above_3_7_1,refused", [(True, False, True), (True, True, False), (False, False, False)])
