@@ -478,8 +478,8 @@ def fla_gated_delta_product_bwd(do: torch.Tensor, q: torch.Tensor, q_rstd: torch
                                         A=A, scale=scale, initial_state=None, do=do_steps.flatten(1, 2), dht=None)
         dq = dq.reshape(B, T, n, H, K)[:, :, -1].contiguous()
         dg = dg.reshape(B, T, n, H)[:, :, 0].contiguous()  # the decay acts at each token's first sub-step
-        dq, dk = l2norm_bwd(q, q_rstd, dq), l2norm_bwd(k, k_rstd, dk)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg.float(), dbeta.to(beta.dtype)
+        dq, dk = l2norm_bwd(q, q_rstd, dq), l2norm_bwd(k, k_rstd, dk.contiguous())  # FLA's dk: strided
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype).contiguous(), dg.float(), dbeta.to(beta.dtype).contiguous()
 
 
 @fla_gated_delta_product_bwd.register_fake
