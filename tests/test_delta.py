@@ -268,6 +268,7 @@ def l2norm_fwd(x):  # as FLA's, y = x / |x| and 1/|x| in float32, without its 1e
 
 
 def l2norm_bwd(y, rstd, dy):
+    dy = dy.view(-1, dy.shape[-1]).view(dy.shape)  # as FLA's, which views its input: a strided dy fails
     return (dy - y * (dy * y).sum(-1, keepdim=True)) * rstd[..., None].to(y.dtype)
 
 
@@ -305,8 +306,8 @@ def gated_product_fwd(q, k, v, g, beta, scale, num_householder):  # FLA's; the d
 def gated_product_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht):  # FLA's chunk_gated_delta_rule_bwd's
     _, vjp = torch.func.vjp(lambda q, k, v, beta, g: steps_delta_rule(q * scale, k, v, beta, g), q, k, v, beta,
                             g.to(q.dtype))
-    dq, dk, dv, dbeta, dg = (t.contiguous() for t in vjp(do))  # FLA's outputs are contiguous
-    return dq, dk, dv, dbeta, dg, None, None, None
+    dq, dk, dv, dbeta, dg = (t.contiguous() for t in vjp(do))
+    return dq, dk.transpose(1, 2).contiguous().transpose(1, 2), dv, dbeta, dg, None, None, None  # FLA's dk: strided
 
 
 @pytest.fixture
