@@ -274,7 +274,7 @@ def fla_kernel(variant):
     if variant == "deltanet":
         from fla.ops.delta_rule import chunk_delta_rule
         return chunk_delta_rule
-    mend_fla_gated_backward()
+    stand_in_where_fla_refuses()
     if variant == "gated_deltanet":
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
         return chunk_gated_delta_rule
@@ -282,17 +282,12 @@ def fla_kernel(variant):
     return chunk_gated_delta_product
 
 
-# FLA 0.6.0's gated backward on Hopper, mended in two places (mend_fla_gated_backward, once a process):
-# - With Triton >= 3.4.0 and < 3.7.1 FLA refuses it, for one miscompiled kernel, chunk_bwd_dqkwg (FLA's #640,
-#   fla/ops/common/chunk_o.py). FLA's own answer is a TileLang twin, where TileLang and nvcc are installed.
-#   FLA's backend registry (fla/backends.py) takes others, so here is the same function as chunk-parallel
-#   PyTorch, registered for exactly the setups FLA refuses and after TileLang's.
-# - FLA restricts DeltaNet's prepare_wy_repr_bwd kernel to 2 warps on Hopper, where Triton miscompiles it at 4
-#   (#984: wrong dk and dβ), but not the gated variants' twin of it. On the H100 with Triton 3.6 that twin gave
-#   dk, dβ and dg 1-4% off the reference, in float32 as in bf16, while o, dq and dv were exact
-#   (results/h100/delta/gated_fla): it gets the same restriction.
-# tests/test_delta.py checks chunk_bwd_dqkwg against FLA's kernel in Triton's interpreter, and the whole gated
-# path against the reference on a GPU.
+# FLA 0.6.0 refuses its gated backward on Hopper with Triton >= 3.4.0 and < 3.7.1: one kernel of it,
+# chunk_bwd_dqkwg, is miscompiled there (FLA's #640; fla/ops/common/chunk_o.py). FLA's own answer is a
+# TileLang twin, where TileLang and nvcc are installed. FLA's backend registry (fla/backends.py) takes
+# others, so here is the same function as chunk-parallel PyTorch, registered for exactly the setups FLA
+# refuses and after TileLang's: the rest of FLA's gated kernels run as they are. tests/test_delta.py checks
+# it against FLA's kernel in Triton's interpreter, and the whole gated path against the reference on a GPU.
 
 def chunk_bwd_dqkwg(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, scale=None, state_v_first=False,
                     cu_seqlens=None, chunk_size=64, chunk_indices=None):
@@ -345,12 +340,9 @@ def fla_refuses_gated():  # FLA's own condition (fla/ops/common/chunk_o.py), rea
 
 
 @functools.cache
-def mend_fla_gated_backward():
-    """Register chunk_bwd_dqkwg above with FLA, for the calls FLA's kernel would refuse, and keep the gated
-    prepare_wy_repr_bwd kernel at 2 warps on Hopper (the block above)."""
+def stand_in_where_fla_refuses():
+    """Register chunk_bwd_dqkwg above with FLA, for the calls FLA's kernel would refuse (once a process)."""
     import fla.ops.common.chunk_o  # noqa: F401 (loads FLA's registry for it, TileLang's backend included)
-    import fla.ops.gated_delta_rule.wy_fast as gated_wy
-    import fla.utils
     from fla.backends import BaseBackend, register
 
     def verifier(q, k, v, do, h, dh, w=None, g=None, g_gamma=None, dv=None, scale=None, state_v_first=False,
@@ -365,11 +357,6 @@ def mend_fla_gated_backward():
         chunk_bwd_dqkwg = staticmethod(chunk_bwd_dqkwg)
 
     register("common")(PyTorchDqkwg)
-    if fla.utils.IS_NVIDIA_HOPPER:
-        # the kernel's autotuner (under its heuristics): pruned configs also reject a cached 4-warp choice, and
-        # key Triton's on-disk tuning results apart from the unpruned ones
-        tuner = gated_wy.prepare_wy_repr_bwd_kernel.fn
-        tuner.early_config_prune = lambda configs, named_args, **kwargs: [c for c in configs if c.num_warps == 2]
 
 
 # FLA's entry point (chunk_delta_rule) is a graph break under torch.compile, so a compiled training step
@@ -446,7 +433,7 @@ fla_delta_rule.register_autograd(_fla_delta_rule_backward, setup_context=_keep_f
 @functools.cache
 def fla_gated_parts():
     """(chunk_gated_delta_product_fwd, chunk_gated_delta_rule_bwd) from flash-linear-attention."""
-    mend_fla_gated_backward()
+    stand_in_where_fla_refuses()
     from fla.ops.gated_delta_product.chunk import chunk_gated_delta_product_fwd
     from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_bwd
     return chunk_gated_delta_product_fwd, chunk_gated_delta_rule_bwd

@@ -407,7 +407,7 @@ def test_the_dqkwg_stand_in_is_taken_exactly_where_fla_refuses(hopper, above_3_7
     monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", hopper)
     monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_4_0", True)
     monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", above_3_7_1)
-    model_delta.mend_fla_gated_backward()
+    model_delta.stand_in_where_fla_refuses()
     from fla.backends import _get_operation_registry
     backend = _get_operation_registry("common")._backends["attention_lab"]
     x = torch.zeros(1, 64, 1, 16)
@@ -572,20 +572,6 @@ def test_unequal_key_and_value_widths_refused_where_fla_faults(monkeypatch, hopp
     assert paths[True] == (["fla"], 0)
     assert paths[False] == ((["pytorch-fallback"], 1) if refused else (["fla"], 0))
     assert probed == ["deltanet"]  # refused without a probe, or the variant's one probe serving both widths
-
-
-@pytest.mark.parametrize("hopper", [True, False])
-def test_the_gated_wy_backward_keeps_two_warps_on_hopper(hopper, monkeypatch):
-    # FLA's #984 restriction of DeltaNet's kernel, extended to the gated twin that gave dk, dβ, dg 1-4% off on the H100
-    fla_utils = pytest.importorskip("fla.utils")
-    gated_wy = pytest.importorskip("fla.ops.gated_delta_rule.wy_fast")
-    tuner = gated_wy.prepare_wy_repr_bwd_kernel.fn
-    monkeypatch.setattr(tuner, "early_config_prune", None)  # FLA's own (none); restored after the test
-    monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", hopper)
-    model_delta.mend_fla_gated_backward.__wrapped__()
-    kept = tuner.early_config_prune(tuner.configs, {}) if tuner.early_config_prune else tuner.configs
-    assert kept and {c.num_warps for c in kept} == ({2} if hopper else {c.num_warps for c in tuner.configs})
-    assert len({c.num_warps for c in tuner.configs}) > 1  # there was a choice to take away
 
 
 def test_gated_variants_keep_fla_at_unequal_key_and_value_widths(monkeypatch):
