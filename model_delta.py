@@ -233,7 +233,7 @@ def fla_status(variant, equal_heads=True):
                 fn = fla_kernel(variant)
                 with torch.inference_mode(False), torch.enable_grad():  # a backward, even when the first call decodes
                     probe_fla_kernel(fn, variant)
-            elif variant == "deltanet":
+            else:
                 refuse_unequal_heads()
             FLA_STATUS[key] = None if equal_heads else fla_status(variant)  # the variant's one probe
         except Exception as e:  # ImportError, a Triton error, FLA refusing this Triton
@@ -247,8 +247,7 @@ def refuse_unequal_heads():
     # On an H100 with Triton 3.6, FLA 0.6.0's own chunk_delta_rule faults (an illegal memory access in
     # recompute_w_u_fwd_kernel, at num_warps 2 as at its default configs) at every shape tried whose keys and
     # values differ in width, and runs at every shape whose widths are equal (results/h100/delta/fla_shapes.json, fla_faults.py).
-    # A fault ends the process's CUDA context, so it is refused before any launch. FLA's gated kernels (other
-    # kernels for the same steps) ran Gated DeltaProduct's keys of 64 and values of 48 there (delta/gated_fla).
+    # A fault ends the process's CUDA context, so it is refused before any launch.
     from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_7_1
     if IS_NVIDIA_HOPPER and not TRITON_ABOVE_3_7_1:
         raise RuntimeError("its delta-rule kernels fault (illegal memory access) on Hopper with Triton < 3.7.1 when "

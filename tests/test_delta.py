@@ -574,18 +574,6 @@ def test_unequal_key_and_value_widths_refused_where_fla_faults(monkeypatch, hopp
     assert probed == ["deltanet"]  # refused without a probe, or the variant's one probe serving both widths
 
 
-def test_gated_variants_keep_fla_at_unequal_key_and_value_widths(monkeypatch):
-    # the fault is DeltaNet's kernel's; the gated variants run other kernels, which took keys of 64 and values of 48
-    fla_utils = pytest.importorskip("fla.utils")
-    monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", True)
-    monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", False)
-    monkeypatch.setattr(model_delta, "FLA_STATUS", {})
-    monkeypatch.setattr(model_delta, "fla_kernel", lambda variant: None)
-    monkeypatch.setattr(model_delta, "probe_fla_kernel", lambda fn, variant: None)
-    m = tiny(variant="gated_deltaproduct", head_k_dim=32, head_v_dim=24)
-    assert m.kernel_paths("cuda") == ["fla"]
-
-
 @pytest.mark.gpu
 def test_gpu_chunk_scan_equals_the_chunk_loop_at_long_context(monkeypatch):
     # the fallback's path at long T on CUDA (float32, as the layer runs it): 128 chunks, 7 levels of the scan;
