@@ -111,6 +111,10 @@ sweep_workers = 0  # processes that share the sweep's runs; 0 = runs_per_gpu per
 runs_per_gpu = 1  # sweep workers on each GPU at once: the small models are launch-bound, so several fill it better
 sweep_worker = -1  # set by the sweep for each of its workers
 gpu_share = 1  # set by the sweep: how many of its workers share this one's GPU (a run's tokens/s is its share)
+# bakeoff with several workers: once a worker finds no run left to take, one more process compiles the benchmarks'
+# kernels (each row's first call, nothing measured or written) while the last runs train; the benchmarks then
+# find them in torch's compile caches. Most of their time was compilation (results/h100/bakeoff/timed_f401823)
+warm_benchmarks = True
 # benchmarks: the sweep's models, or for a benchmark stage alone, --models (model_types with these settings)
 models = ""  # comma-separated model_types; '' = model_type
 seq_lens = "256,1024,4096,16384,65536"  # bench_layer and bench_memory
@@ -983,12 +987,13 @@ def timed_median(fn, device_type, trials, seconds=float("inf")):
 
 
 def median_of(measure, trials, seconds=float("inf")):
-    """Median of what measure() returns (ms), over `trials` calls after a discarded warm-up call."""
+    """Median of what measure() returns (ms), over `trials` calls after a discarded warm-up call (None for
+    trials = 0: the warm-up alone)."""
     measure()
     times, start = [], time.perf_counter()
     while len(times) < trials and (len(times) < 3 or time.perf_counter() - start < seconds):
         times.append(measure())
-    return sorted(times)[len(times) // 2]
+    return sorted(times)[len(times) // 2] if times else None
 
 
 class Stopwatch:
@@ -1061,15 +1066,17 @@ def is_oom(e):
     return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e))
 
 
-def bench(cfg, specs=None):
+def bench(cfg, specs=None, warm=False):
     """Run cfg['stage'] (bench_layer, bench_decode or bench_memory) for each spec and each length;
-    prints a row per measurement, writes <out_dir>/<stage>.json. Out-of-memory is a row, not a crash."""
+    prints a row per measurement, writes <out_dir>/<stage>.json. Out-of-memory is a row, not a crash.
+    warm: only each unmeasured row's warm-up call (its compilation), nothing measured or written."""
     stage, device = cfg["stage"], cfg["device"]
+    trials, decode_trials = (0, 0) if warm else (cfg["trials"], cfg["decode_trials"])
     device_type = "cuda" if device.startswith("cuda") else "cpu"
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
     specs = specs or bench_specs(cfg)
     check_trackers(cfg)
-    tracker = Tracker(cfg, stage, {"task": "lm", "stage": stage})
+    tracker = Tracker(dict(cfg, wandb_log=cfg["wandb_log"] and not warm), stage, {"task": "lm", "stage": stage})
     path = Path(cfg["out_dir"]) / f"{stage}.json"
     # rows already measured with the same settings are kept, so a killed benchmark resumes where it stopped
     # (profiling measures them again: the profile is what is asked for)
@@ -1117,10 +1124,10 @@ def bench(cfg, specs=None):
                     prompt = torch.randint(0, 65, (1, T), device=device)
                     with autocast:
                         row["ms_per_token"] = median_of(lambda: decode_ms_per_token(m, prompt, device_type),
-                                                        cfg["decode_trials"], cfg["trial_seconds"])
+                                                        decode_trials, cfg["trial_seconds"])
                 if stage != "bench_decode":  # bench_layer's and bench_memory's step
-                    row["ms"] = timed_median(step, device_type, cfg["trials"], cfg["trial_seconds"])
-                    if cfg["profile"]:
+                    row["ms"] = timed_median(step, device_type, trials, cfg["trial_seconds"])
+                    if cfg["profile"] and not warm:
                         write_profile(step, path.parent / f"profile_{name}_{T}.txt", device_type)
                 row["kernel_path"] = m.kernel_paths(device_type)
                 if device_type == "cuda":
@@ -1131,10 +1138,16 @@ def bench(cfg, specs=None):
                 row["status"] = "OOM"
             m = None  # free it before the next model
             row["wall_s"] = round(time.perf_counter() - started, 3)  # the row's whole cost: build, warm-up, repeats
+            if warm:
+                print(f"[{stage}] compiled {name} at {T} ({row['wall_s']} s{', ' + row['status'] if 'status' in row else ''})")
+                continue
             rows.append(row)
             print(json.dumps(row))
             tracker.log({f"{name}/{k}": v for k, v in row.items() if k in ("ms", "ms_per_token", "peak_mib")}, T)
             write_json(path, {"stage": stage, "rows": with_others(rows, kept), "environment": env, "config": cfg})
+    if warm:
+        tracker.finish()
+        return None
     result = {"stage": stage, "rows": with_others(rows, kept), "environment": env, "config": cfg}
     write_json(path, result)
     table = bench_table(stage, result["rows"], device_type)
@@ -1243,13 +1256,9 @@ def sweep_root(cfg):
     return Path(cfg["sweep_dir"] or Path("results") / device_type)
 
 
-def sweep(cfg, sweep_paths=(), raw=None):
-    """Train every (model, learning rate, seed); finished runs are skipped, interrupted ones resumed.
-
-    Returns {name: matched settings} for the benchmarks. Writes <sweep_dir>/param_matching.{json,md}
-    and <sweep_dir>/runs/<model>_lr<lr>_s<seed>/."""
-    root, raw = sweep_root(cfg), dict(raw or {})
-    check_trackers(cfg)
+def matched_specs(cfg, sweep_paths, raw):
+    """Each model of models_to_test, parameter-matched: ({name: settings}, {name: why skipped}, the target,
+    the matching table's rows)."""
     specs, skipped = {}, {}
     for name in split(cfg["models_to_test"]):
         try:
@@ -1269,6 +1278,17 @@ def sweep(cfg, sweep_paths=(), raw=None):
         table.append({"model": name, "model_type": settings["model_type"], "n_layer": settings["n_layer"],
                       "n_head": settings["n_head"], "n_embd": settings["n_embd"], "params": n,
                       "off_target_pct": 100 * (n / target - 1), "changed": change})
+    return specs, skipped, target, table
+
+
+def sweep(cfg, sweep_paths=(), raw=None):
+    """Train every (model, learning rate, seed); finished runs are skipped, interrupted ones resumed.
+
+    Returns {name: matched settings} for the benchmarks. Writes <sweep_dir>/param_matching.{json,md}
+    and <sweep_dir>/runs/<model>_lr<lr>_s<seed>/."""
+    root, raw = sweep_root(cfg), dict(raw or {})
+    check_trackers(cfg)
+    specs, skipped, target, table = matched_specs(cfg, sweep_paths, raw)
     lines = markdown_table(["model", "layers", "heads", "width", "params", "off target"],
                            ([r["model"], r["n_layer"], r["n_head"], r["n_embd"], f"{r['params']:,}",
                              f"{r['off_target_pct']:+.1f}%{' (matched)' if r['changed'] else ''}"] for r in table))
@@ -1510,6 +1530,20 @@ def spread(cfg, root, sweep_paths, raw, workers, stage):
         procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args, f"--stage={stage}",
                                        f"--sweep_worker={i}", f"--sweep_workers={workers}", f"--gpu_share={share}"], env=env))
     print(f"[{stage}] {workers} workers started" + (f" on GPU(s) {', '.join(sorted(set(gpus)))}" if gpus[0] else ""))
+    warm = None  # the bake-off's benchmarks compile in the slot of the first worker to find no run left
+    while True:
+        done = [i for i, p in enumerate(procs) if p.poll() is not None]
+        if done and warm is None and cfg["stage"] == "bakeoff" and cfg["warm_benchmarks"]:
+            env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[done[0]]} if gpus[done[0]] is not None else {}))
+            warm = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args, "--stage=warm_benchmarks"],
+                                    env=env)
+            print(f"[{stage}] a worker is done: the benchmarks compile beside the last runs")
+            cfg["warm_benchmarks"] = False  # once a job: a later round (a bracket, more seeds) finds them compiled
+        if len(done) == len(procs):
+            break
+        time.sleep(1)
+    if warm is not None and warm.wait() != 0:  # only a cache was lost: the benchmarks compile for themselves
+        print(f"[{stage}] compiling the benchmarks ahead failed (its output is above); they will compile as they run")
     failed = [i for i, p in enumerate(procs) if p.wait() != 0]
     if failed:
         raise UserError(f"{stage} worker(s) {failed} failed (their output is above); re-run to resume")
@@ -2137,6 +2171,14 @@ def plot_mqar(root, rows, slices):
     save_png(fig, root / "plots" / "mqar_state.png")
 
 
+def warm_benchmark_caches(cfg, sweep_paths=(), raw=None):
+    """The bake-off's benchmarks, each unmeasured row's first call only: their kernels compiled into torch's
+    caches (on disk, shared by the processes of one machine) while the sweep's last runs train."""
+    specs, *_ = matched_specs(cfg, sweep_paths, dict(raw or {}))
+    for stage in ("bench_decode", "bench_memory"):
+        bench(dict(cfg, stage=stage, out_dir=str(sweep_root(cfg))), specs=list(specs.items()), warm=True)
+
+
 def bakeoff(cfg, sweep_paths=(), raw=None):
     """The main job: the sweep, then decoding latency and the memory wall for its models, then the report."""
     start = time.perf_counter()
@@ -2161,6 +2203,8 @@ def main(argv):
         return bench(cfg)
     if stage in ("sweep", "bakeoff"):
         return (sweep if stage == "sweep" else bakeoff)(cfg, paths, raw)
+    if stage == "warm_benchmarks":  # started by the bake-off's sweep
+        return warm_benchmark_caches(cfg, paths, raw)
     if stage == "report":
         return report(cfg)
     if stage == "mqar":

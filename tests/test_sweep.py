@@ -262,6 +262,37 @@ def test_a_benchmark_keeps_the_rows_it_measured_and_resumes_after_a_kill(tmp_pat
     assert len(built) == 4
 
 
+def test_warming_a_benchmark_runs_each_unmeasured_row_once_and_writes_nothing(tmp_path, monkeypatch):
+    cfg = configure(train_runner.DEFAULTS, overrides=dict(models="vanilla,linear", n_embd=32, n_head=4, n_layer=2,
+                                                          trials=3, device="cpu", stage="bench_memory", seq_lens="16,32",
+                                                          tokens_per_batch=64, out_dir=str(tmp_path / "a")))
+    train_runner.bench(dict(cfg, seq_lens="16"))  # measured: kept, so not warmed again
+    steps = []
+    real = train_runner.build_for
+
+    def counting(settings, block_size, *a, **k):
+        m = real(settings, block_size, *a, **k)
+        forward = m.forward
+        m.forward = lambda *args, **kw: steps.append((settings["model_type"], block_size)) or forward(*args, **kw)
+        return m
+    monkeypatch.setattr(train_runner, "build_for", counting)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    assert train_runner.bench(cfg, warm=True) is None
+    assert steps == [("vanilla", 32), ("linear", 32)]  # one step each: no repeats
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == before
+
+
+def test_a_bakeoff_with_workers_compiles_its_benchmarks_beside_the_last_runs(tiny_sweep, capfd):
+    cfg, paths, raw = tiny_sweep
+    cfg = dict(cfg, stage="bakeoff", models_to_test="vanilla,linear", sweep_workers=2, lr_bracket=1)
+    raw = dict(raw, models_to_test="vanilla,linear", sweep_workers="2", lr_bracket="1")
+    train_runner.sweep(cfg, paths, raw)
+    out = capfd.readouterr().out
+    assert out.count("the benchmarks compile beside the last runs") == 1  # in the first round only
+    assert out.count("[bench_decode] compiled ") == 4 and out.count("[bench_memory] compiled ") == 4
+    assert not list(train_runner.sweep_root(cfg).glob("bench_*"))  # nothing measured or written
+
+
 def test_a_benchmark_can_profile_each_row(tmp_path):
     cfg = configure(train_runner.DEFAULTS, overrides=dict(models="vanilla", n_embd=32, n_head=4, n_layer=2, trials=1,
                                                           device="cpu", stage="bench_layer", seq_lens="16",

@@ -1,7 +1,8 @@
 """How far FLA's delta-rule operators are from the PyTorch chunked form: model_delta.fla_delta_rule (n = 0) or
-model_delta.fla_gated_delta_product (n >= 1 sub-steps a token; FLA's kernels with model_delta's
-chunk_bwd_dqkwg where FLA refuses its own), keys of K and values of V, inputs in DTYPE (bfloat16 as the layer
-runs them, or float32 to see the kernels' own error without bf16's). The reference (float32) takes the
+model_delta.fla_gated_delta_product (n >= 1 sub-steps a token; at commits 2c06520-992a9a5, FLA's kernels
+with model_delta's chunk_bwd_dqkwg where FLA refuses its own; since, FLA refuses them on Hopper with Triton
+< 3.7.1), keys of K and values of V, inputs in DTYPE (bfloat16 as the layer runs them, or float32 to see the
+kernels' own error without bf16's). The reference (float32) takes the
 same rounded inputs, so input rounding is not counted. Prints o's and each gradient's relative error as
 one JSON line. A fault ends the CUDA context: run it alone. In float32 each of FLA's autotuned kernels runs its
 first config: its tuning took over 120 s a call for these dtypes, and this checks arithmetic, not speed.
