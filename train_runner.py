@@ -113,8 +113,9 @@ sweep_worker = -1  # set by the sweep for each of its workers
 gpu_share = 1  # set by the sweep: how many of its workers share this one's GPU (a run's tokens/s is its share)
 # bakeoff with several workers: once a worker finds no run left to take, one more process compiles the benchmarks'
 # kernels (each row's first call, nothing measured or written) while the last runs train; the benchmarks then
-# find them in torch's compile caches. Most of their time was compilation (results/h100/bakeoff/timed_f401823)
-warm_benchmarks = True
+# find them in torch's compile caches. Most of their time was compilation (results/h100/bakeoff/timed_f401823).
+# Off until a timed job on the GPU shows it pays (results/h100/bakeoff/timed.sh DIR SECONDS --warm_benchmarks=True)
+warm_benchmarks = False
 # benchmarks: the sweep's models, or for a benchmark stage alone, --models (model_types with these settings)
 models = ""  # comma-separated model_types; '' = model_type
 seq_lens = "256,1024,4096,16384,65536"  # bench_layer and bench_memory

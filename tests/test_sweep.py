@@ -284,8 +284,8 @@ def test_warming_a_benchmark_runs_each_unmeasured_row_once_and_writes_nothing(tm
 
 def test_a_bakeoff_with_workers_compiles_its_benchmarks_beside_the_last_runs(tiny_sweep, capfd):
     cfg, paths, raw = tiny_sweep
-    cfg = dict(cfg, stage="bakeoff", models_to_test="vanilla,linear", sweep_workers=2, lr_bracket=1)
-    raw = dict(raw, models_to_test="vanilla,linear", sweep_workers="2", lr_bracket="1")
+    cfg = dict(cfg, stage="bakeoff", models_to_test="vanilla,linear", sweep_workers=2, lr_bracket=1, warm_benchmarks=True)
+    raw = dict(raw, models_to_test="vanilla,linear", sweep_workers="2", lr_bracket="1", warm_benchmarks="True")
     train_runner.sweep(cfg, paths, raw)
     out = capfd.readouterr().out
     assert out.count("the benchmarks compile beside the last runs") == 1  # in the first round only

@@ -3,8 +3,9 @@
 # their configs' iterations, seed 1337) and its benchmarks (decoding latency, the memory wall) within
 # 15 minutes of one H100. The bracketing rounds and the two more seeds at each best rate are left out
 # here (--lr_bracket=0 --seeds_at_best=): they refine the published table, not the job's first answer.
-# In parts of at most SECONDS on one machine (part.sh; nothing committed is copied in):
-#   bash results/h100/bakeoff/timed.sh DIR [SECONDS]
+# In parts of at most SECONDS on one machine (part.sh; nothing committed is copied in), any further
+# arguments passed on to train_runner (e.g. --warm_benchmarks=True):
+#   bash results/h100/bakeoff/timed.sh DIR [SECONDS [ARGS...]]
 # DIR/parts.txt adds up the parts' wall seconds: the machine's start and the transfers are not in it.
 # Where they go: each part's log says at how many seconds in each stage began, each run's metrics.json
 # has its wall_time_s, and each benchmark row in bench_*.json its wall_s (build, warm-up and repeats).
@@ -14,4 +15,4 @@
 # At f401823 (timed_f401823/), sparse and NSA compiled as one graph: 1,230 s (sweep 911, benchmarks 296).
 # Chain the calls: an idle machine is given back in 30 s.
 exec bash results/h100/part.sh /nonexistent "${1:-/tmp/bakeoff_timed}" "${2:-560}" --seeds=1337 \
-  --lr_bracket=0 --seeds_at_best=
+  --lr_bracket=0 --seeds_at_best= "${@:3}"
