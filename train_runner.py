@@ -1524,20 +1524,19 @@ def spread(cfg, root, sweep_paths, raw, workers, stage):
     args = [*sweep_paths, *(f"--{k}={v}" for k, v in raw.items()
                             if k not in ("stage", "sweep_worker", "sweep_workers", "gpu_share"))]
     gpus = deal(workers, visible_gpus()) if cfg["device"].startswith("cuda") else [None] * workers
-    procs = []
-    for i, gpu in enumerate(gpus):
+
+    def start(gpu, *more):  # this script with the sweep's arguments and `more`, on that GPU
         env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
-        share = gpus.count(gpu) if gpu is not None else 1
-        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args, f"--stage={stage}",
-                                       f"--sweep_worker={i}", f"--sweep_workers={workers}", f"--gpu_share={share}"], env=env))
+        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args, *more], env=env)
+
+    procs = [start(gpu, f"--stage={stage}", f"--sweep_worker={i}", f"--sweep_workers={workers}",
+                   f"--gpu_share={gpus.count(gpu) if gpu is not None else 1}") for i, gpu in enumerate(gpus)]
     print(f"[{stage}] {workers} workers started" + (f" on GPU(s) {', '.join(sorted(set(gpus)))}" if gpus[0] else ""))
     warm = None  # the bake-off's benchmarks compile in the slot of the first worker to find no run left
     while True:
         done = [i for i, p in enumerate(procs) if p.poll() is not None]
         if done and warm is None and cfg["stage"] == "bakeoff" and cfg["warm_benchmarks"]:
-            env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[done[0]]} if gpus[done[0]] is not None else {}))
-            warm = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args, "--stage=warm_benchmarks"],
-                                    env=env)
+            warm = start(gpus[done[0]], "--stage=warm_benchmarks")
             print(f"[{stage}] a worker is done: the benchmarks compile beside the last runs")
             cfg["warm_benchmarks"] = False  # once a job: a later round (a bracket, more seeds) finds them compiled
         if len(done) == len(procs):
@@ -2172,22 +2171,29 @@ def plot_mqar(root, rows, slices):
     save_png(fig, root / "plots" / "mqar_state.png")
 
 
+BAKEOFF_BENCHMARKS = ("bench_decode", "bench_memory")
+
+
+def bakeoff_bench(cfg, stage, specs, warm=False):
+    """One of the bake-off's benchmarks of the sweep's models, into the sweep's folder (bench's warm)."""
+    return bench(dict(cfg, stage=stage, out_dir=str(sweep_root(cfg))), specs=list(specs.items()), warm=warm)
+
+
 def warm_benchmark_caches(cfg, sweep_paths=(), raw=None):
     """The bake-off's benchmarks, each unmeasured row's first call only: their kernels compiled into torch's
     caches (on disk, shared by the processes of one machine) while the sweep's last runs train."""
     specs, *_ = matched_specs(cfg, sweep_paths, dict(raw or {}))
-    for stage in ("bench_decode", "bench_memory"):
-        bench(dict(cfg, stage=stage, out_dir=str(sweep_root(cfg))), specs=list(specs.items()), warm=True)
+    for stage in BAKEOFF_BENCHMARKS:
+        bakeoff_bench(cfg, stage, specs, warm=True)
 
 
 def bakeoff(cfg, sweep_paths=(), raw=None):
     """The main job: the sweep, then decoding latency and the memory wall for its models, then the report."""
     start = time.perf_counter()
     specs = sweep(cfg, sweep_paths, raw)
-    root = sweep_root(cfg)
-    for stage in ("bench_decode", "bench_memory"):  # where the job's time goes, said as it goes
+    for stage in BAKEOFF_BENCHMARKS:  # where the job's time goes, said as it goes
         print(f"[bakeoff] {time.perf_counter() - start:.0f} s in: {stage}")
-        bench(dict(cfg, stage=stage, out_dir=str(root)), specs=list(specs.items()))
+        bakeoff_bench(cfg, stage, specs)
     print(f"[bakeoff] {time.perf_counter() - start:.0f} s in: report")
     return report(cfg)
 
