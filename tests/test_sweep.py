@@ -1,6 +1,7 @@
 """The bake-off: parameter matching, a resumable sweep that survives bad runs, benchmarks, the report."""
 
 import json
+import os
 import time
 
 import pytest
@@ -221,6 +222,49 @@ def test_workers_are_dealt_round_robin_over_the_visible_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(train_runner.UserError, match="leaves no GPU"):
         train_runner.deal(2, train_runner.visible_gpus())
+
+
+def fake_mps_control(tmp_path, monkeypatch, reply="", status=0):
+    """An nvidia-cuda-mps-control on PATH that logs each call (its arguments, stdin and pipe directory)."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    log = tmp_path / "mps_calls.txt"
+    control = bin_ / train_runner.MPS_CONTROL
+    control.write_text(f"#!/bin/sh\necho \"$* [$(cat)] $CUDA_MPS_PIPE_DIRECTORY\" >> {log}\n"
+                       f"echo '{reply}'\nexit {status}\n")
+    control.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}:{os.environ['PATH']}")
+    monkeypatch.setattr(train_runner.tempfile, "gettempdir", lambda: str(tmp_path))
+    return log
+
+
+def test_workers_sharing_a_gpu_get_a_private_mps_daemon_quit_after(tmp_path, monkeypatch):
+    log = fake_mps_control(tmp_path, monkeypatch)
+    with train_runner.mps_daemon(True, "sweep") as env:
+        pipes = env["CUDA_MPS_PIPE_DIRECTORY"]
+        assert pipes.startswith(str(tmp_path)) and env["CUDA_MPS_LOG_DIRECTORY"].startswith(pipes)
+        assert log.read_text().splitlines() == [f"-d [] {pipes}"]  # started as a daemon, in its own directory
+    assert log.read_text().splitlines()[1] == f" [quit] {pipes}"  # quit on leaving
+
+
+def test_a_running_mps_daemon_is_joined_and_left_running(tmp_path, monkeypatch):
+    log = fake_mps_control(tmp_path, monkeypatch, reply="An instance of this daemon is already running", status=1)
+    with train_runner.mps_daemon(True, "sweep") as env:
+        assert env["CUDA_MPS_PIPE_DIRECTORY"]
+    assert len(log.read_text().splitlines()) == 1  # no quit: it was not this sweep's
+
+
+def test_without_mps_the_workers_time_slice_the_gpu(tmp_path, monkeypatch, capsys):
+    log = fake_mps_control(tmp_path, monkeypatch, reply="cannot start", status=1)
+    with train_runner.mps_daemon(True, "sweep") as env:
+        assert env == {}
+    assert "MPS did not start (cannot start)" in capsys.readouterr().out
+    with train_runner.mps_daemon(False, "sweep") as env:  # not wanted (mps=False, or no GPU is shared)
+        assert env == {}
+    assert len(log.read_text().splitlines()) == 1
+    monkeypatch.setenv("PATH", "/nonexistent")  # not installed
+    with train_runner.mps_daemon(True, "sweep") as env:
+        assert env == {}
 
 
 def test_a_worker_starts_on_its_own_model_so_that_workers_compile_different_ones(tiny_sweep, capsys):
