@@ -116,10 +116,10 @@ runs_per_gpu = 1  # sweep workers on each GPU at once: the small models are laun
 mps = True
 sweep_worker = -1  # set by the sweep for each of its workers
 gpu_share = 1  # set by the sweep: how many of its workers share this one's GPU (a run's tokens/s is its share)
-# bakeoff with several workers: once a worker finds no run left to take, one more process compiles the benchmarks'
-# kernels (each row's first call, nothing measured or written) while the last runs train; the benchmarks then
-# find them in torch's compile caches. Most of their time was compilation (results/h100/bakeoff/timed_f401823).
-# Off until a timed job on the GPU shows it pays (results/h100/bakeoff/timed.sh DIR SECONDS --warm_benchmarks=True)
+# bakeoff with several workers: once every run is taken, one more process compiles the benchmarks' kernels (each
+# row's first call, nothing measured or written) beside the last runs; the benchmarks then find them in torch's
+# compile caches. Most of their time was compilation (results/h100/bakeoff/timed_f401823). On in config/bakeoff.py's
+# GPU profile (on a CPU the sweep has one worker, so it never runs).
 warm_benchmarks = False
 # benchmarks: the sweep's models, or for a benchmark stage alone, --models (model_types with these settings)
 models = ""  # comma-separated model_types; '' = model_type
@@ -1364,6 +1364,44 @@ def unfinished(root, runs):
     return [folder for folder, *_ in runs if read_metrics(root / "runs" / folder).get("status") not in FINISHED]
 
 
+def open_runs(root, runs):
+    """(the models with a run begun or finished, [(k, run) that no worker has claimed or finished])."""
+    begun, todo = set(), []
+    for k, run in enumerate(runs, 1):
+        out = root / "runs" / run[0]
+        m, taken = read_metrics(out), (out / ".claimed").exists()
+        if m or taken:
+            begun.add(run[1])
+        if not taken and m.get("status") not in FINISHED:
+            todo.append((k, run))
+    return begun, todo
+
+
+def claims(root, runs):
+    """Yield (k, run) for a sweep worker, each claimed first (a file that no other worker can create too):
+    one run of each model that no worker has begun, in models_to_test order, then the others in order. Every
+    model so compiles early, while others train, and its later runs find it in the compile cache. (Each worker
+    walking the runs from a model of its own, the three NSA runs began together at the end of the sweep and
+    compiled for 70 s with the GPU idle: results/h100/bakeoff/whole_aa1ff15.)"""
+    while True:
+        begun, todo = open_runs(root, runs)
+        firsts = {}
+        for k, run in todo:
+            if run[1] not in begun:
+                firsts.setdefault(run[1], (k, run))
+        for k, run in [*firsts.values(), *todo]:
+            out = root / "runs" / run[0]
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                os.close(os.open(out / ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                continue  # another worker took it first
+            yield k, run
+            break
+        else:
+            return
+
+
 def sweep_eta(root, runs, workers):
     """Minutes until the runs are finished, or None before any has: each unfinished run (one in progress
     too) priced at the mean wall time of its model's finished runs, or of all finished runs where its model
@@ -1457,28 +1495,16 @@ def train_runs(cfg, root, runs, stage, sweep_paths, raw):
         for dataset, block_size in sorted({(s["dataset"], s["block_size"]) for _, _, _, s in runs}):
             load_tokens(dataset, block_size, "cpu")
     if workers > 1 and cfg["sweep_worker"] < 0 and unfinished(root, runs):
-        spread(cfg, root, sweep_paths, raw, workers, stage)
+        spread(cfg, root, runs, sweep_paths, raw, workers, stage)
         return
     failures = []
-    order = list(enumerate(runs, 1))
-    if cfg["sweep_worker"] >= 0:  # workers start on different models, so that each model compiles once and
-        # the runs after it find it in the compile cache, instead of all workers compiling the first at once
-        models = list(dict.fromkeys(model for _, model, _, _ in runs))
-        first = models[cfg["sweep_worker"] * len(models) // workers]
-        at = next(i for i, (_, (_, model, _, _)) in enumerate(order) if model == first)
-        order = order[at:] + order[:at]
-    for k, (folder, model, what, settings) in order:
+    for k, (folder, model, what, settings) in claims(root, runs) if cfg["sweep_worker"] >= 0 else enumerate(runs, 1):
         out = root / "runs" / folder
         prior = read_metrics(out)
-        if prior.get("status") in FINISHED:
+        if prior.get("status") in FINISHED:  # (a worker's claim: another finished it between look and claim)
             print(f"[{stage}] run {k}/{len(runs)}: {folder} already {prior['status']}, skipped")
+            (out / ".claimed").unlink(missing_ok=True)
             continue
-        if cfg["sweep_worker"] >= 0:  # one of several workers: take this run only if no other has
-            out.mkdir(parents=True, exist_ok=True)
-            try:
-                os.close(os.open(out / ".claimed", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                continue
         eta = sweep_eta(root, runs, workers if cfg["sweep_worker"] >= 0 else 1)
         eta = f", {stage} ETA {eta:.1f} min" if eta is not None else ""
         resume = (out / "ckpt.pt").exists()
@@ -1520,7 +1546,7 @@ def deal(workers, gpus):
     return [gpus[i % len(gpus)] for i in range(workers)]
 
 
-def spread(cfg, root, sweep_paths, raw, workers, stage):
+def spread(cfg, root, runs, sweep_paths, raw, workers, stage):
     """Run a stage's runs as `workers` processes dealt round-robin over the visible GPUs (CUDA_VISIBLE_DEVICES),
     each taking the next run no other has claimed; wait for all of them. Claims left by a killed sweep
     are cleared first."""
@@ -1539,12 +1565,12 @@ def spread(cfg, root, sweep_paths, raw, workers, stage):
         procs = [start(gpu, f"--stage={stage}", f"--sweep_worker={i}", f"--sweep_workers={workers}",
                        f"--gpu_share={gpus.count(gpu) if gpu is not None else 1}") for i, gpu in enumerate(gpus)]
         print(f"[{stage}] {workers} workers started" + (f" on GPU(s) {', '.join(sorted(set(gpus)))}" if gpus[0] else ""))
-        warm = None  # the bake-off's benchmarks compile in the slot of the first worker to find no run left
+        warm = None  # the bake-off's benchmarks compile once every run is taken, beside the last ones
         while True:
             done = [i for i, p in enumerate(procs) if p.poll() is not None]
-            if done and warm is None and cfg["stage"] == "bakeoff" and cfg["warm_benchmarks"]:
-                warm = start(gpus[done[0]], "--stage=warm_benchmarks")
-                print(f"[{stage}] a worker is done: the benchmarks compile beside the last runs")
+            if warm is None and cfg["stage"] == "bakeoff" and cfg["warm_benchmarks"] and not open_runs(root, runs)[1]:
+                warm = start(gpus[0], "--stage=warm_benchmarks")
+                print(f"[{stage}] every run is taken: the benchmarks compile beside the last ones")
                 cfg["warm_benchmarks"] = False  # once a job: a later round (a bracket, more seeds) finds them compiled
             if len(done) == len(procs):
                 break

@@ -267,14 +267,24 @@ def test_without_mps_the_workers_time_slice_the_gpu(tmp_path, monkeypatch, capsy
         assert env == {}
 
 
-def test_a_worker_starts_on_its_own_model_so_that_workers_compile_different_ones(tiny_sweep, capsys):
+def test_a_worker_takes_one_run_of_each_model_not_begun_first_so_that_each_compiles_early(tiny_sweep, capsys):
     cfg, paths, raw = tiny_sweep
     raw = dict(raw, models_to_test="vanilla,linear", learning_rates="1e-3,2e-3")
     cfg = dict(cfg, models_to_test="vanilla,linear", learning_rates="1e-3,2e-3", sweep_worker=1, sweep_workers=2)
-    train_runner.sweep(cfg, paths, raw)  # worker 1 of 2, alone: it takes linear's runs first, then vanilla's
+    train_runner.sweep(cfg, paths, raw)  # worker 1 of 2, alone: one run of each model, then the rest in order
     started = [line.split(": ", 1)[1].split(" seed")[0] for line in capsys.readouterr().out.splitlines()
                if line.startswith("[sweep] run ")]
-    assert started == ["linear lr=0.001", "linear lr=0.002", "vanilla lr=0.001", "vanilla lr=0.002"]
+    assert started == ["vanilla lr=0.001", "linear lr=0.001", "vanilla lr=0.002", "linear lr=0.002"]
+
+
+def test_claims_skip_runs_taken_or_finished_and_prefer_models_not_begun(tmp_path):
+    runs = [(f"{m}_{i}", m, "", {}) for m in ("a", "b", "c") for i in (1, 2)]
+    for folder, claim in (("a_1", ".claimed"), ("b_1", "metrics.json"), ("b_2", ".claimed")):
+        (tmp_path / "runs" / folder).mkdir(parents=True)
+        (tmp_path / "runs" / folder / claim).write_text('{"status": "done"}')
+    taken = [run[0] for _, run in train_runner.claims(tmp_path, runs)]
+    assert taken == ["c_1", "a_2", "c_2"]  # c not begun: first; then the rest in order
+    assert all((tmp_path / "runs" / f / ".claimed").exists() for f in taken)
 
 
 class Killed(BaseException):
@@ -332,7 +342,7 @@ def test_a_bakeoff_with_workers_compiles_its_benchmarks_beside_the_last_runs(tin
     raw = dict(raw, models_to_test="vanilla,linear", sweep_workers="2", lr_bracket="1", warm_benchmarks="True")
     train_runner.sweep(cfg, paths, raw)
     out = capfd.readouterr().out
-    assert out.count("the benchmarks compile beside the last runs") == 1  # in the first round only
+    assert out.count("every run is taken: the benchmarks compile beside the last ones") == 1  # first round only
     assert out.count("[bench_decode] compiled ") == 4 and out.count("[bench_memory] compiled ") == 4
     assert not list(train_runner.sweep_root(cfg).glob("bench_*"))  # nothing measured or written
 
