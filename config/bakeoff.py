@@ -25,13 +25,13 @@ else:  # the published experiment: 3 seeds for error bars
     # a family whose best is at an end of the grid gets up to two more steps past it: on the H100's first
     # seed five of seven families were best at 5e-4 and vanilla at 2e-3 (results/h100/bakeoff)
     lr_bracket = 2
-    # three runs at once on each GPU: the launch-bound families train at twice the throughput together,
-    # the CUDA-graphed vanilla GPT at 0.93x (results/h100/sharing). Since f401823 every family's step is
-    # CUDA-graphed: NSA's and Gated DeltaProduct's three runs shared at 0.91x and 0.97x (timed_f401823).
-    # Sharing still overlaps each run's compilation with the others' training; one run at a time is not
-    # timed since.
+    # three runs at once on each GPU, under MPS where it is installed (train_runner's `mps`): every family's
+    # step is CUDA-graphed, and three together train at 1.06-1.16x the throughput of one after another
+    # under MPS, 0.91-0.97x time-sliced (results/h100/sharing). Sharing also overlaps each run's
+    # compilation with the others' training.
     runs_per_gpu = 3
-    # the benchmarks' kernels compile beside the sweep's last runs (train_runner's warm_benchmarks): being timed
+    # the benchmarks' kernels compile once every run is taken (train_runner's warm_benchmarks): the benchmarks
+    # then took 260 s after the sweep instead of 296 (results/h100/bakeoff/whole_14815e1, timed_f401823)
     warm_benchmarks = True
     # each evaluation reads both splits whole (1 + 8 forwards of 512 windows) instead of 2 × 200 sampled
     # batches (50 forwards): the exact loss, the same in expectation, a fifth of the evaluation's work.
