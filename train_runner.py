@@ -1082,7 +1082,7 @@ def bench(cfg, specs=None, warm=False):
     autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
     specs = specs or bench_specs(cfg)
     check_trackers(cfg)
-    tracker = Tracker(dict(cfg, wandb_log=cfg["wandb_log"] and not warm), stage, {"task": "lm", "stage": stage})
+    tracker = Tracker({} if warm else cfg, stage, {"task": "lm", "stage": stage})  # warm: no tracker either
     path = Path(cfg["out_dir"]) / f"{stage}.json"
     # rows already measured with the same settings are kept, so a killed benchmark resumes where it stopped
     # (profiling measures them again: the profile is what is asked for)

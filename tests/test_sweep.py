@@ -331,9 +331,10 @@ def test_warming_a_benchmark_runs_each_unmeasured_row_once_and_writes_nothing(tm
         return m
     monkeypatch.setattr(train_runner, "build_for", counting)
     before = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
-    assert train_runner.bench(cfg, warm=True) is None
+    assert train_runner.bench(dict(cfg, tensorboard_dir=str(tmp_path / "tb")), warm=True) is None
     assert steps == [("vanilla", 32), ("linear", 32)]  # one step each: no repeats
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == before
+    assert not (tmp_path / "tb").exists()  # no tracker run either
 
 
 def test_a_bakeoff_with_workers_compiles_its_benchmarks_beside_the_last_runs(tiny_sweep, capfd):
