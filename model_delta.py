@@ -132,7 +132,9 @@ def chunked_delta_rule(q, k, v, beta, log_alpha=None, chunk_size=64, state=None,
     """The same function in chunks (WY representation; module docstring). Same arguments; the states
     between chunks come from a loop over the chunks or, from `scan_from` chunks on (0: never), from
     chunk_state_scan in O(log chunks) batched steps (the default 16 is where the scan caught up with the
-    loop on a 2-core CPU, results/cpu/delta_scan; on a GPU the loop's small launches cost more still).
+    loop on a 2-core CPU, results/cpu/delta_scan; on the H100, at Gated DeltaProduct's 8 chunks, the loop
+    was the faster: results/h100/delta/product_forms). Either way only the state's two small products a
+    chunk are sequential; the chunks' outputs follow from their entering states in one batched step.
     read_every = n: the state is read only after every n-th step (Gated DeltaProduct's n Householder
     steps per token): q holds those T / n queries and o their T / n outputs, and the rows that
     would read after the other steps are never computed."""
@@ -174,14 +176,16 @@ def chunked_delta_rule(q, k, v, beta, log_alpha=None, chunk_size=64, state=None,
         k_end_t = k_to_end.transpose(-1, -2)
         M = chunk_decay * torch.eye(K, dtype=q.dtype, device=q.device) - k_end_t @ W
         states, S = chunk_state_scan(M, k_end_t @ u_free, S)  # the state entering each chunk, and the last
-        out = (q_decayed - P @ W) @ states + P @ u_free  # O = Q_Γ S + P (u_free - W S), for all chunks at once
-        return out.reshape(B, H, N * C // n, V)[:, :, :T // n], S
-    out = []
-    for c in range(N):  # the only sequential part: the state from chunk to chunk
-        U = u_free[:, :, c] - W[:, :, c] @ S
-        out.append(q_decayed[:, :, c] @ S + P[:, :, c] @ U)
-        S = chunk_decay[:, :, c] * S + k_to_end[:, :, c].transpose(-1, -2) @ U
-    return torch.stack(out, dim=2).reshape(B, H, N * C // n, V)[:, :, :T // n], S
+        U = u_free - W @ states
+    else:
+        states, U = [], []
+        for c in range(N):  # the only sequential part: the state from chunk to chunk
+            states.append(S)
+            U.append(u_free[:, :, c] - W[:, :, c] @ S)
+            S = chunk_decay[:, :, c] * S + k_to_end[:, :, c].transpose(-1, -2) @ U[-1]
+        states, U = torch.stack(states, 2), torch.stack(U, 2)
+    out = q_decayed @ states + P @ U  # O = Q_Γ S + P U, for all chunks at once
+    return out.reshape(B, H, N * C // n, V)[:, :, :T // n], S
 
 
 def chunk_state_scan(M, D, S):
