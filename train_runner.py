@@ -54,6 +54,7 @@ out_dir = "out"
 eval_interval = 250
 log_interval = 10
 eval_iters = 200  # 0: each split whole, in order (exact, and cheaper when the split is small)
+eval_windows = 0  # with eval_iters = 0: at most this many windows of a split, spread evenly over it; 0: all
 eval_group = 8  # evaluation forwards this many of its batches at once: the same windows, fewer launches
 always_save_checkpoint = False  # False: save only when val loss improves
 init_from = "scratch"  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
@@ -116,10 +117,10 @@ runs_per_gpu = 1  # sweep workers on each GPU at once: the small models are laun
 mps = True
 sweep_worker = -1  # set by the sweep for each of its workers
 gpu_share = 1  # set by the sweep: how many of its workers share this one's GPU (a run's tokens/s is its share)
-# bakeoff with several workers: once every run is taken, one more process compiles the benchmarks' kernels (each
-# row's first call, nothing measured or written) beside the last runs; the benchmarks then find them in torch's
-# compile caches. Most of their time was compilation (results/h100/bakeoff/timed_f401823). On in config/bakeoff.py's
-# GPU profile (on a CPU the sweep has one worker, so it never runs).
+# bakeoff with several workers: one more process compiles the benchmarks' kernels (each row's first call, nothing
+# measured or written) beside the sweep's runs; the benchmarks then find them in torch's compile caches. Most of
+# their time was compilation (results/h100/bakeoff/timed_f401823). On in config/bakeoff.py's GPU profile (on a
+# CPU the sweep has one worker, so it never runs).
 warm_benchmarks = False
 # benchmarks: the sweep's models, or for a benchmark stage alone, --models (model_types with these settings)
 models = ""  # comma-separated model_types; '' = model_type
@@ -1365,31 +1366,39 @@ def unfinished(root, runs):
 
 
 def open_runs(root, runs):
-    """(the models with a run begun or finished, [(k, run) that no worker has claimed or finished])."""
-    begun, todo = set(), []
+    """(the models with a run begun or finished, [(k, run) that no worker has claimed or finished], and each
+    model's training speed: the ms/iter that one of its runs has reported)."""
+    begun, todo, speed = set(), [], {}
     for k, run in enumerate(runs, 1):
         out = root / "runs" / run[0]
         m, taken = read_metrics(out), (out / ".claimed").exists()
         if m or taken:
             begun.add(run[1])
+        if m.get("ms_per_iter"):
+            speed[run[1]] = m["ms_per_iter"]
         if not taken and m.get("status") not in FINISHED:
             todo.append((k, run))
-    return begun, todo
+    return begun, todo, speed
 
 
 def claims(root, runs):
-    """Yield (k, run) for a sweep worker, each claimed first (a file that no other worker can create too):
-    one run of each model that no worker has begun, in models_to_test order, then the others in order. Every
-    model so compiles early, while others train, and its later runs find it in the compile cache. (Each worker
-    walking the runs from a model of its own, the three NSA runs began together at the end of the sweep and
-    compiled for 70 s with the GPU idle: results/h100/bakeoff/whole_aa1ff15.)"""
+    """Yield (k, run) for a sweep worker, each claimed first (a file that no other worker can create too).
+    First one run of each model that no worker has begun, in models_to_test order: every model so compiles
+    early, while others train, and its later runs find it in the compile cache. (Each worker walking the runs
+    from a model of its own, the three NSA runs began together at the end of the sweep and compiled for 70 s
+    with the GPU idle: results/h100/bakeoff/whole_aa1ff15.) Then the longest runs first, each priced at its
+    iterations times its model's ms/iter so far, so that the sweep ends on short runs that finish together
+    (in models_to_test order, two 205 s Gated DeltaProduct runs began with a third of the sweep left, and
+    the last NSA run trained alone for 54 s: whole_14815e1). A model that has not reported a speed yet is
+    still compiling its first run: its other runs come last, to find its kernels in the cache."""
     while True:
-        begun, todo = open_runs(root, runs)
+        begun, todo, speed = open_runs(root, runs)
         firsts = {}
         for k, run in todo:
             if run[1] not in begun:
                 firsts.setdefault(run[1], (k, run))
-        for k, run in [*firsts.values(), *todo]:
+        longest_first = sorted(todo, key=lambda kr: -speed.get(kr[1][1], 0) * kr[1][3].get("max_iters", 1))
+        for k, run in [*firsts.values(), *longest_first]:
             out = root / "runs" / run[0]
             out.mkdir(parents=True, exist_ok=True)
             try:
@@ -1565,19 +1574,16 @@ def spread(cfg, root, runs, sweep_paths, raw, workers, stage):
         procs = [start(gpu, f"--stage={stage}", f"--sweep_worker={i}", f"--sweep_workers={workers}",
                        f"--gpu_share={gpus.count(gpu) if gpu is not None else 1}") for i, gpu in enumerate(gpus)]
         print(f"[{stage}] {workers} workers started" + (f" on GPU(s) {', '.join(sorted(set(gpus)))}" if gpus[0] else ""))
-        warm = None  # the bake-off's benchmarks compile once every run is taken, beside the last ones
-        while True:
-            done = [i for i, p in enumerate(procs) if p.poll() is not None]
-            if warm is None and cfg["stage"] == "bakeoff" and cfg["warm_benchmarks"] and not open_runs(root, runs)[1]:
-                warm = start(gpus[0], "--stage=warm_benchmarks")
-                print(f"[{stage}] every run is taken: the benchmarks compile beside the last ones")
-                cfg["warm_benchmarks"] = False  # once a job: a later round (a bracket, more seeds) finds them compiled
-            if len(done) == len(procs):
-                break
-            time.sleep(1)
+        warm = None
+        if cfg["stage"] == "bakeoff" and cfg["warm_benchmarks"]:
+            warm = start(gpus[0], "--stage=warm_benchmarks")
+            print(f"[{stage}] the benchmarks compile beside the runs, at a lower CPU priority")
+            cfg["warm_benchmarks"] = False  # once a job: a later round (a bracket, more seeds) finds them compiled
+        for p in procs:
+            p.wait()
         if warm is not None and warm.wait() != 0:  # only a cache was lost: the benchmarks compile for themselves
             print(f"[{stage}] compiling the benchmarks ahead failed (its output is above); they will compile as they run")
-    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    failed = [i for i, p in enumerate(procs) if p.returncode != 0]
     if failed:
         raise UserError(f"{stage} worker(s) {failed} failed (their output is above); re-run to resume")
 
@@ -2245,7 +2251,10 @@ def bakeoff_bench(cfg, stage, specs, warm=False):
 
 def warm_benchmark_caches(cfg, sweep_paths=(), raw=None):
     """The bake-off's benchmarks, each unmeasured row's first call only: their kernels compiled into torch's
-    caches (on disk, shared by the processes of one machine) while the sweep's last runs train."""
+    caches (on disk, shared by the processes of one machine) while the sweep's runs train. At a lower CPU
+    priority than theirs: this only saves the benchmarks time later, their runs are the job's critical path."""
+    if hasattr(os, "nice"):
+        os.nice(10)
     specs, *_ = matched_specs(cfg, sweep_paths, dict(raw or {}))
     for stage in BAKEOFF_BENCHMARKS:
         bakeoff_bench(cfg, stage, specs, warm=True)

@@ -9,7 +9,7 @@ import torch
 from conftest import ROOT
 
 import train_runner
-from train_runner import configure, count_params, match_params, model_settings
+from train_runner import configure, count_params, match_params, model_settings, read_metrics
 
 FAMILY_CONFIGS = ["vanilla", "rope", "linear", "based", "sparse", "local_global", "strided", "fixed", "topk",
                   "delta", "gated_delta", "delta_product", "nsa"]
@@ -267,24 +267,42 @@ def test_without_mps_the_workers_time_slice_the_gpu(tmp_path, monkeypatch, capsy
         assert env == {}
 
 
-def test_a_worker_takes_one_run_of_each_model_not_begun_first_so_that_each_compiles_early(tiny_sweep, capsys):
+def test_a_worker_takes_one_run_of_each_model_not_begun_first_then_the_slowest_model_s(tiny_sweep, capsys):
     cfg, paths, raw = tiny_sweep
     raw = dict(raw, models_to_test="vanilla,linear", learning_rates="1e-3,2e-3")
     cfg = dict(cfg, models_to_test="vanilla,linear", learning_rates="1e-3,2e-3", sweep_worker=1, sweep_workers=2)
-    train_runner.sweep(cfg, paths, raw)  # worker 1 of 2, alone: one run of each model, then the rest in order
+    train_runner.sweep(cfg, paths, raw)  # worker 1 of 2, alone: one run of each model, then the slower model's
     started = [line.split(": ", 1)[1].split(" seed")[0] for line in capsys.readouterr().out.splitlines()
                if line.startswith("[sweep] run ")]
-    assert started == ["vanilla lr=0.001", "linear lr=0.001", "vanilla lr=0.002", "linear lr=0.002"]
+    ms = {m: read_metrics(train_runner.sweep_root(cfg) / "runs" / f"{m}_lr0.001_s1337")["ms_per_iter"]
+          for m in ("vanilla", "linear")}
+    slower, faster = sorted(ms, key=ms.get, reverse=True)
+    assert started == ["vanilla lr=0.001", "linear lr=0.001", f"{slower} lr=0.002", f"{faster} lr=0.002"]
+
+
+def claim_order(root, runs, files):
+    for folder, name, text in files:
+        (root / "runs" / folder).mkdir(parents=True, exist_ok=True)
+        (root / "runs" / folder / name).write_text(text)
+    return [run[0] for _, run in train_runner.claims(root, runs)]
 
 
 def test_claims_skip_runs_taken_or_finished_and_prefer_models_not_begun(tmp_path):
     runs = [(f"{m}_{i}", m, "", {}) for m in ("a", "b", "c") for i in (1, 2)]
-    for folder, claim in (("a_1", ".claimed"), ("b_1", "metrics.json"), ("b_2", ".claimed")):
-        (tmp_path / "runs" / folder).mkdir(parents=True)
-        (tmp_path / "runs" / folder / claim).write_text('{"status": "done"}')
-    taken = [run[0] for _, run in train_runner.claims(tmp_path, runs)]
-    assert taken == ["c_1", "a_2", "c_2"]  # c not begun: first; then the rest in order
+    taken = claim_order(tmp_path, runs, [("a_1", ".claimed", ""), ("b_1", "metrics.json", '{"status": "done"}'),
+                                         ("b_2", ".claimed", "")])
+    assert taken == ["c_1", "a_2", "c_2"]  # c not begun: first; then the rest in order (no speed known)
     assert all((tmp_path / "runs" / f / ".claimed").exists() for f in taken)
+
+
+def test_after_the_first_runs_the_longest_come_first_and_a_model_still_compiling_last(tmp_path):
+    runs = [(f"{m}_{i}", m, "", {"max_iters": iters}) for m, iters in (("a", 100), ("b", 100), ("c", 30), ("d", 100))
+            for i in (1, 2, 3)]
+    begun = [(f"{m}_1", "metrics.json", json.dumps(dict(status=status, **({"ms_per_iter": ms} if ms else {}))))
+             for m, status, ms in (("a", "done", 2.0), ("b", "running", 5.0), ("c", "done", 10.0), ("d", "running", None))]
+    begun += [("b_1", ".claimed", ""), ("d_1", ".claimed", "")]  # training now
+    # priced at iterations x ms/iter: b 500, c 300, a 200; d reports no speed yet (compiling): last
+    assert claim_order(tmp_path, runs, begun) == ["b_2", "b_3", "c_2", "c_3", "a_2", "a_3", "d_2", "d_3"]
 
 
 class Killed(BaseException):
@@ -337,13 +355,13 @@ def test_warming_a_benchmark_runs_each_unmeasured_row_once_and_writes_nothing(tm
     assert not (tmp_path / "tb").exists()  # no tracker run either
 
 
-def test_a_bakeoff_with_workers_compiles_its_benchmarks_beside_the_last_runs(tiny_sweep, capfd):
+def test_a_bakeoff_with_workers_compiles_its_benchmarks_beside_its_runs(tiny_sweep, capfd):
     cfg, paths, raw = tiny_sweep
     cfg = dict(cfg, stage="bakeoff", models_to_test="vanilla,linear", sweep_workers=2, lr_bracket=1, warm_benchmarks=True)
     raw = dict(raw, models_to_test="vanilla,linear", sweep_workers="2", lr_bracket="1", warm_benchmarks="True")
     train_runner.sweep(cfg, paths, raw)
     out = capfd.readouterr().out
-    assert out.count("every run is taken: the benchmarks compile beside the last ones") == 1  # first round only
+    assert out.count("the benchmarks compile beside the runs") == 1  # the first round only
     assert out.count("[bench_decode] compiled ") == 4 and out.count("[bench_memory] compiled ") == 4
     assert not list(train_runner.sweep_root(cfg).glob("bench_*"))  # nothing measured or written
 
