@@ -489,15 +489,19 @@ def summed_loss(model, X, Y, autocast, before_forward, rows):
     return total, count
 
 
-def ordered_batches(data, rows, block_size):
+def ordered_batches(data, rows, block_size, most=0):
     """A split whole, in order: consecutive windows of block_size tokens of a token stream (the tokens
-    after the last whole window are left out), or every sequence, `rows` of them a batch. The last batch
-    is padded with ignored targets (-1), so every batch has one shape."""
+    after the last whole window are left out), or every sequence, `rows` of them a batch; with `most`, only
+    that many of them, evenly spaced (the same ones every time). The last batch is padded with ignored
+    targets (-1), so every batch has one shape."""
     if isinstance(data, dict):
         X, Y = data["inputs"], data["targets"]
     else:
         n = (len(data) - 1) // block_size
         X, Y = data[:n * block_size].view(n, block_size), data[1:n * block_size + 1].view(n, block_size)
+    if 0 < most < len(X):
+        keep = torch.arange(most, device=X.device) * len(X) // most
+        X, Y = X[keep], Y[keep]
     for s in range(0, len(X), rows):
         x, y = X[s:s + rows], Y[s:s + rows]
         pad = rows - len(x)
@@ -506,14 +510,15 @@ def ordered_batches(data, rows, block_size):
 
 @torch.no_grad()
 def evaluate(model, data, batch_size, block_size, eval_iters, seed, autocast, before_forward=lambda: None,
-             splits=("train", "val"), group=1, vocab_size=1):
+             splits=("train", "val"), group=1, vocab_size=1, windows=0):
     """Mean loss over eval_iters batches of each split; the generator is seeded with `seed`, so the
     batches are the same every time (and the same as training's evaluations with seed = its seed + 1).
     Up to `group` of them go through the model as one batch: the same windows and, for a token stream,
     the same mean, in fewer and larger launches. The group divides eval_iters (one shape compiles), and
     grows a batch only while its logits stay under EVAL_LOGITS elements; a batch whose logits alone are
     over it goes in slices of rows (slice_rows). eval_iters = 0: the mean over every target of each
-    split whole (ordered_batches), exactly; with a split of 111k tokens (Shakespeare's val) a single batch."""
+    split whole (ordered_batches), exactly; with a split of 111k tokens (Shakespeare's val) a single batch.
+    Or of at most `windows` of its windows, evenly spread: the same ones at every evaluation."""
     split0 = data[splits[0]]
     gen = torch.Generator(device=(split0["inputs"] if isinstance(split0, dict) else split0).device).manual_seed(seed)
     largest = max(1, min(group, EVAL_LOGITS // (batch_size * block_size * vocab_size)))
@@ -522,7 +527,7 @@ def evaluate(model, data, batch_size, block_size, eval_iters, seed, autocast, be
         result = {}
         for split in splits:
             total = count = torch.zeros((), device=gen.device)
-            for X, Y in ordered_batches(data[split], batch_size * largest, block_size):
+            for X, Y in ordered_batches(data[split], batch_size * largest, block_size, windows):
                 t, n = summed_loss(model, X, Y, autocast, before_forward, rows * largest)
                 total, count = total + t, count + n
             result[split] = (total / count).item()
@@ -829,7 +834,7 @@ def run(cfg, prefix="", group=None):
     def estimate_loss():
         model.eval()
         result = evaluate(model, data, cfg["batch_size"], cfg["block_size"], cfg["eval_iters"], cfg["seed"] + 1,
-                          autocast, new_step, group=cfg["eval_group"], vocab_size=vocab_size)
+                          autocast, new_step, group=cfg["eval_group"], vocab_size=vocab_size, windows=cfg["eval_windows"])
         model.train()
         return result
 
@@ -1388,7 +1393,7 @@ def claims(root, runs):
     from a model of its own, the three NSA runs began together at the end of the sweep and compiled for 70 s
     with the GPU idle: results/h100/bakeoff/whole_aa1ff15.) Then the longest runs first, each priced at its
     iterations times its model's ms/iter so far, so that the sweep ends on short runs that finish together
-    (in models_to_test order, two 205 s Gated DeltaProduct runs began with a third of the sweep left, and
+    (in models_to_test order, two 205 s Gated DeltaProduct runs began with 293 and 258 s of the sweep left, and
     the last NSA run trained alone for 54 s: whole_14815e1). A model that has not reported a speed yet is
     still compiling its first run: its other runs come last, to find its kernels in the cache."""
     while True:
@@ -1917,7 +1922,7 @@ def eval_checkpoint(cfg, dataset=None):
     model, ckpt, data = load_for_analysis(path, cfg["device"], dataset)
     c = ckpt["config"]
     losses = evaluate(model, data, c["batch_size"], c["block_size"], c["eval_iters"], c["seed"] + 1, contextlib.nullcontext(),
-                      group=cfg["eval_group"], vocab_size=model.config.vocab_size)
+                      group=cfg["eval_group"], vocab_size=model.config.vocab_size, windows=c.get("eval_windows", 0))
     result = {"checkpoint": str(path), "model_type": ckpt["model_type"], "iter": ckpt["iter_num"],
               "dataset": dataset or c["dataset"], "val_loss": losses["val"], "train_loss": losses["train"],
               "val_perplexity": math.exp(losses["val"]), "best_val_loss_at_training": ckpt["best_val_loss"],

@@ -30,10 +30,15 @@ else:  # the published experiment: 3 seeds for error bars
     # under MPS, 0.91-0.97x time-sliced (results/h100/sharing). Sharing also overlaps each run's
     # compilation with the others' training.
     runs_per_gpu = 3
-    # the benchmarks' kernels compile once every run is taken (train_runner's warm_benchmarks): the benchmarks
-    # then took 260 s after the sweep instead of 296 (results/h100/bakeoff/whole_14815e1, timed_f401823)
+    # the benchmarks' kernels compile beside the sweep's runs, from its start (train_runner's warm_benchmarks):
+    # measured with them compiled, the benchmarks took 118 s instead of 296 (results/h100/bakeoff/whole_14815e1,
+    # timed_f401823). Begun once every run was taken, 142 s of that compilation still came after the sweep.
     warm_benchmarks = True
-    # each evaluation reads both splits whole (1 + 8 forwards of 512 windows) instead of 2 × 200 sampled
-    # batches (50 forwards): the exact loss, the same in expectation, a fifth of the evaluation's work.
-    # Seed 1337's first 30 runs (results/h100/bakeoff) evaluated the sampled way.
+    # each evaluation reads the val split whole (435 windows, one forward of 512) instead of 200 sampled
+    # batches: the exact loss. The train split's loss, which only shows the gap, is over 512 of its 3,921
+    # windows spread evenly (one forward, the same windows every time) instead of all of them (8 forwards).
+    # A 3,000-iteration run evaluates 13 times: 26 forwards of 8 training batches' tokens instead of 117,
+    # beside its 3,000 training steps. Seed 1337's first 30 runs (results/h100/bakeoff) evaluated 200
+    # sampled batches; whole_14815e1 and the timings before it, both splits whole.
     eval_iters = 0
+    eval_windows = 512

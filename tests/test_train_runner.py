@@ -328,6 +328,17 @@ def test_whole_split_evaluation_is_the_exact_mean_over_every_target():
     logits, _ = m(stream[:n].view(62, 16))
     exact = torch.nn.functional.cross_entropy(logits.reshape(n, 65), stream[1:n + 1])
     assert got["val"] == pytest.approx(exact.item(), rel=1e-5)
+    # at most 20 of the 62 windows: every 62/20-th (windows 0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 31, ...), one batch
+    shapes.clear()
+    m.forward = lambda X, Y: (shapes.append(tuple(X.shape)), real(X, Y))[1]
+    got = train_runner.evaluate(m, {"val": stream}, 4, 16, 0, 7, contextlib.nullcontext(), splits=("val",), group=8,
+                                windows=20)
+    del m.forward
+    keep = [i * 62 // 20 for i in range(20)]
+    assert shapes == [(32, 16)] and keep[:11] == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 31] and keep[-1] == 58
+    windows = stream[:n].view(62, 16)[keep], stream[1:n + 1].view(62, 16)[keep]
+    exact = torch.nn.functional.cross_entropy(m(windows[0])[0].reshape(-1, 65), windows[1].reshape(-1))
+    assert got["val"] == pytest.approx(exact.item(), rel=1e-5)
     # sequences with ignored positions (MQAR's): the mean over the targets there are, not over batches
     X, Y = torch.randint(0, 65, (10, 16)), torch.full((10, 16), -1)
     Y[:, 5], Y[:3, 9] = torch.randint(0, 65, (10,)), torch.randint(0, 65, (3,))
