@@ -22,6 +22,9 @@
 # Round 8: round 7's five gate runs again, on the PyTorch form: FLA's kernel faults at keys 32, values 64 on
 # this H100 (fla_shapes.json), which round 7's runs had recorded as their path.
 # Round 9: the config at rates 2e-3 and 3e-3 on three seeds (the timed bake-off at 71de65b gave 1.4937 at 2e-3).
+# Round 10: 3e-3 on two more seeds, and 4e-3 (3e-3: 1.5009 over five seeds; its best evaluations came at
+# 1,100, the overfitting after them). Round 11: 3e-3 with round 6's stronger regularisation, decay 1.5 or 1.0
+# with dropout 0.35, on the same five seeds.
 # Their ms/iter are of a shared GPU: speed is measured alone (results/h100/checks.sh).
 set -uo pipefail
 dir=${1:-/tmp/tune} limit=${2:-540} round=${3:-1}
@@ -89,6 +92,11 @@ elif [ "$round" = 10 ]; then  # round 9's best, 3e-3, on two more seeds; and 4e-
   for run in 3e-3:1340 3e-3:1341 4e-3:1337 4e-3:1338 4e-3:1339; do lr=${run%:*} seed=${run#*:}
     run "deltanet_lr${lr}_s$seed" delta --eval_interval=100 --learning_rate=$lr --seed=$seed
   done
+elif [ "$round" = 11 ]; then
+  for wd in 1.5 1.0; do for seed in 1337 1338 1339 1340 1341; do
+    run "deltanet_lr3e-3_wd${wd}_d35_s$seed" delta --eval_interval=100 --learning_rate=3e-3 --weight_decay=$wd \
+      --dropout=0.35 --seed=$seed --eval_windows=512
+  done; done
 else
   short="--max_iters=1500 --lr_decay_iters=1500 --eval_interval=100 --dropout=0.3 --use_short_conv=False"
   for cfg in gated_delta delta; do  # alone, one after the other: their ms/iter are the speed
