@@ -1395,7 +1395,9 @@ def claims(root, runs):
     iterations times its model's ms/iter so far, so that the sweep ends on short runs that finish together
     (in models_to_test order, two 205 s Gated DeltaProduct runs began with 293 and 258 s of the sweep left, and
     the last NSA run trained alone for 54 s: whole_14815e1). A model that has not reported a speed yet is
-    still compiling its first run: its other runs come last, to find its kernels in the cache."""
+    still compiling its first run: its other runs come last, to find its kernels in the cache. (Time-sliced,
+    this order slowed Gated DeltaProduct beside two NSA runs and was reverted, timed_c9dc26c; under MPS its
+    runs kept their speed and the sweep's last three ended within 11-35 s of each other, whole_da7d487.)"""
     while True:
         begun, todo, speed = open_runs(root, runs)
         firsts = {}
