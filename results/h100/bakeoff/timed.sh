@@ -14,6 +14,6 @@
 # (timed_71de65b/): 1,320 s, every run trained (sweep 1,007 s, benchmarks 288), in three parts.
 # At f401823 (timed_f401823/), sparse and NSA compiled as one graph: 1,230 s (sweep 911, benchmarks 296).
 # Chain the calls: an idle machine is given back in 30 s. Since aa1ff15 the job is timed as one process,
-# as a user runs it, with whole.sh beside this (whole_14815e1/: 1,070 s).
+# as a user runs it, with whole.sh beside this (whole_14815e1/: 1,070 s; whole_eb44e47/ and whole_da7d487/: 833 and 851 s).
 exec bash results/h100/part.sh /nonexistent "${1:-/tmp/bakeoff_timed}" "${2:-560}" --seeds=1337 \
   --lr_bracket=0 --seeds_at_best= "${@:3}"
