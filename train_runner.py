@@ -728,9 +728,9 @@ def run(cfg, prefix="", group=None):
         raise UserError(f"init_from must be 'scratch' or 'resume', got '{cfg['init_from']}'")
     if cfg["init_from"] == "scratch" and ckpt_path.exists():
         raise UserError(f"{ckpt_path} already exists: continue it with --init_from=resume, or choose another --out_dir")
-    for key in ("batch_size", "block_size", "max_iters", "eval_iters", "eval_interval", "log_interval",
+    for key in ("batch_size", "block_size", "max_iters", "eval_iters", "eval_windows", "eval_interval", "log_interval",
                 "gradient_accumulation_steps"):
-        zero_ok = key in ("max_iters", "eval_iters")  # eval_iters = 0: each split whole
+        zero_ok = key in ("max_iters", "eval_iters", "eval_windows")  # eval_iters = 0: each split whole
         if cfg[key] < (0 if zero_ok else 1):
             raise UserError(f"{key} must be {'>= 0' if zero_ok else 'positive'}, got {cfg[key]}")
     device = cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")

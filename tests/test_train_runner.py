@@ -99,6 +99,7 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
     (dict(dataset="no_such_data"), "dataset 'no_such_data' has no train.bin"),
     (dict(init_from="pretrained"), "init_from must be 'scratch' or 'resume'"),
     (dict(batch_size=0), "batch_size must be positive"),
+    (dict(eval_windows=-1), "eval_windows must be >= 0"),
     (dict(device="cuda:0"), "no CUDA GPU") if not torch.cuda.is_available() else (dict(dtype="fp8"), "dtype must be"),
 ])
 def test_bad_run_settings_write_nothing(shakespeare, tmp_path, bad, message):
