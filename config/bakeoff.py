@@ -31,8 +31,9 @@ else:  # the published experiment: 3 seeds for error bars
     # compilation with the others' training.
     runs_per_gpu = 3
     # the benchmarks' kernels compile beside the sweep's runs, from its start (train_runner's warm_benchmarks):
-    # measured with them compiled, the benchmarks took 118 s instead of 296 (results/h100/bakeoff/whole_14815e1,
-    # timed_f401823). Begun once every run was taken, 142 s of that compilation still came after the sweep.
+    # measured with them compiled, the benchmarks took 109-127 s instead of 296 (results/h100/bakeoff/whole_da7d487,
+    # timed_f401823), and the compilation was done by 274-295 s into the sweep. Begun once every run was taken
+    # (whole_14815e1), 142 s of it came after the sweep.
     warm_benchmarks = True
     # each evaluation reads the val split whole (435 windows, one forward of 512) instead of 200 sampled
     # batches: the exact loss. The train split's loss, which only shows the gap, is over 512 of its 3,921
