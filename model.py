@@ -32,10 +32,10 @@ Positions (`pos_emb`):
                 geometric sequence (Press et al. 2022)
     none        no position signal; the causal mask alone carries order (NoPE)
 
-Adding an attention family: write model_<family>.py with an attention module
-that keeps the contract below, subclass GPTConfig with its fields and GPT with
-`attention_class = YourAttention`, and add one line to FAMILIES in
-train_runner.py. The attention contract:
+Adding an attention family: write model_<family>.py with an attention module that keeps the
+contract below, subclass BackboneConfig with its fields (one meaning per field name across families:
+hybrids mix them) and GPT with `attention_class = YourAttention`, and add one line to
+lab/families.py's MODELS. The attention contract:
 
     __init__(config, layer_idx)
     kernel_path(device_type) -> the name of the implementation it runs there
@@ -44,9 +44,22 @@ train_runner.py. The attention contract:
         fixed shapes and can be replayed as a CUDA graph). With a cache and
         T > 1 the call is a prefill and pos is 0..T-1; with T == 1 it is one
         decoding step at position pos[0].
-    new_cache(batch_size, device, dtype) -> this layer's decoding state
+    new_cache(batch_size, device, dtype) -> this layer's decoding state (its tensors as attributes;
+        constants of the model, not of the sequence, named with a leading _)
     forward_flops_per_token(T) -> forward FLOPs per token of the token mixing
         (scores and weighted sums; projections are counted by the backbone)
+
+A softmax-like family (sigmoid attention, a different bias or normaliser) need not write all that:
+subclass CausalSelfAttention and override only its score-based hook
+
+    attend(q, k, v, q_pos, k_pos, return_attn) -> (y [B, H, Tq, D], weights [B, H, Tq, Tk] or None)
+        q [B, H, Tq, D]; k, v [B, Hkv, Tk, D] (GQA: Hkv divides H); q_pos [Tq] and k_pos [Tk] absolute
+        positions. In a decoding step Tk is the static cache's length (block_size), and keys at
+        positions after q_pos are not yet written: mask them.
+
+and it gets the projections, positions, training, prefill, the KV cache and decoding from
+CausalSelfAttention. Its config can be GPTConfig itself (kernel_path then reports attn_impl, which
+only softmax's attend reads: override kernel_path to name yours).
 
 Decoding past block_size: a family whose decoding state is bounded by the
 context (softmax's KV cache, learned positions) sets `streams = False`, and
@@ -68,7 +81,9 @@ ATTN_IMPLS = ("sdpa", "naive")
 
 
 @dataclass
-class GPTConfig:
+class BackboneConfig:
+    """What every family shares: the backbone's sizes, positions and short convolution. A family's
+    config subclasses it with that family's own options."""
     block_size: int = 256
     vocab_size: int = 65
     n_layer: int = 6
@@ -78,7 +93,6 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False
     pos_emb: str = "learned"
-    attn_impl: str = "sdpa"
     rope_base: float = 10000.0
     short_conv: int = 0  # > 0: each block's mixer input first passes a causal depthwise conv this wide (ShortConv)
 
@@ -94,8 +108,6 @@ class GPTConfig:
             raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
         if self.pos_emb not in POS_EMBS:
             raise ValueError(f"pos_emb must be one of {', '.join(POS_EMBS)}; got '{self.pos_emb}'")
-        if self.attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}; got '{self.attn_impl}'")
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise ValueError(f"rope needs an even head dim; got {self.head_dim}")
         if self.short_conv < 0:
@@ -106,6 +118,17 @@ class GPTConfig:
     @property
     def head_dim(self):
         return self.n_embd // self.n_head
+
+
+@dataclass
+class GPTConfig(BackboneConfig):
+    """Softmax attention's config: the backbone's, and how the scores are computed."""
+    attn_impl: str = "sdpa"  # 'naive' forms the T×T scores on purpose (the memory-wall benchmark)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ValueError(f"attn_impl must be one of {', '.join(ATTN_IMPLS)}; got '{self.attn_impl}'")
 
 
 def wide_dtype(dtype):
@@ -236,11 +259,12 @@ class CausalSelfAttention(nn.Module):
             cache.write(k, v, pos)
             if T == 1:  # one decoding step: attend over the whole static cache, masked past pos
                 k, v, k_pos = cache.k, cache.v, cache.positions
-        y, att = self._attend(q, k, v, pos, k_pos, return_attn)
+        y, att = self.attend(q, k, v, pos, k_pos, return_attn)
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.resid_dropout(self.c_proj(y)), att
 
-    def _attend(self, q, k, v, q_pos, k_pos, return_attn):
+    def attend(self, q, k, v, q_pos, k_pos, return_attn):
+        """The score-based hook (module docstring): softmax over the keys at or before each query."""
         dropout_p = self.config.dropout if self.training else 0.0
         gqa = self.n_kv_head != self.n_head
         alibi = self.config.pos_emb == "alibi"
@@ -312,9 +336,9 @@ class ShortConv(nn.Module):
         if past is not None:  # a prefill: remember its last size-1 inputs (zeros before the start)
             past.copy_(F.pad(xt, (size - 1, 0))[:, :, xt.shape[2]:].to(past.dtype))
         if torch.compiler.is_compiling():
-            # the same sum as size shifted products: the compiler fuses them (and the SiLU after) into one
-            # pass over x, where the depthwise convolution is a separate kernel, slow at batch 1 on CUDA
-            # (a third of a DeltaNet layer's GPU time at 65,536 tokens, results/h100/delta)
+            # the same sum as size shifted products, which the compiler fuses (with the SiLU after) into one
+            # pass over x, where a separate depthwise-convolution kernel is a third of a DeltaNet layer's GPU time
+            # at 65,536 tokens (results/h100-delta)
             w, padded = self.weight[:, 0].to(x.dtype), F.pad(x, (0, 0, size - 1, 0))
             return sum(padded[:, i:i + x.shape[1]] * w[:, i] for i in range(size))
         return F.conv1d(F.pad(xt, (size - 1, 0)), self.weight.to(x.dtype), groups=x.shape[-1]).transpose(1, 2)

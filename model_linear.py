@@ -22,12 +22,12 @@ O(T·C·d + T·d²) time and O(T·d + (T/C)·d²) memory. The normaliser is the 
 of ones appended to V, in float32 with ε = 1e-6 (bf16 sums of positive terms lose the small ones).
 The pure-PyTorch chunked form is the default on every device: on an H100 it measured faster than
 flash-linear-attention's chunk kernel at every length (one layer fwd+bwd, 16k tokens per batch:
-3.0-3.5 ms from T=256 to 16,384 against FLA's 3.7-14.4, results/h100/linear), as FLA carries the state
-across chunks one after another and has little parallel work when B·H is small. `use_fla=True` runs the
+3.0-3.5 ms from T=256 to 16,384 against FLA's 3.7-14.4, results/h100-linear), as FLA carries the state
+across chunks one after another and has little parallel work when B·H is small. `linear_fla=True` runs the
 numerator in FLA's kernel (fla.ops.linear_attn) on CUDA instead; a GPU test checks the two agree.
 
-`window` > 0 adds Based's companion: softmax attention over the last `window` tokens (blocked, so
-O(T·window) memory), and the layer outputs the mean of the two branches.
+`based_window` = w > 0 adds Based's companion: softmax attention over the last w tokens (blocked,
+so O(T·w) memory), and the layer outputs the mean of the two branches.
 
 Decoding carries (S, z) per layer, plus the window's ring buffer: constant memory and time per
 token. Positions: linear attention has none of its own beyond causality. With learned positions
@@ -76,13 +76,13 @@ FEATURE_MAPS = {
 
 
 @dataclass
-class GPTConfig(model.GPTConfig):
+class GPTConfig(model.BackboneConfig):
     feature_map: str = "elu"
     n_features: int = 0  # 0: q and k keep the head dim
-    window: int = 0  # > 0: add a sliding-window softmax branch over this many tokens (Based)
+    based_window: int = 0  # > 0: add a sliding-window softmax branch over this many tokens (Based); 0: off
     normalize: bool = True  # divide by φ(q)·z; False: RMS-normalise each head's output instead
     chunk_size: int = 64
-    use_fla: bool = False  # True: flash-linear-attention's kernel on CUDA (measured slower, see above)
+    linear_fla: bool = False  # True: flash-linear-attention's kernel on CUDA (measured slower, see above)
 
     def __post_init__(self):
         super().__post_init__()
@@ -91,8 +91,8 @@ class GPTConfig(model.GPTConfig):
         if self.pos_emb in ("rope", "alibi"):
             raise ValueError(f"pos_emb='{self.pos_emb}' acts on softmax scores; linear attention takes "
                              "'learned', 'sinusoidal' or 'none'")
-        if self.n_features < 0 or self.window < 0 or self.chunk_size < 1:
-            raise ValueError("n_features and window must be >= 0 and chunk_size >= 1")
+        if self.n_features < 0 or self.based_window < 0 or self.chunk_size < 1:
+            raise ValueError("n_features and based_window must be >= 0 and chunk_size >= 1")
         if self.normalize and not FEATURE_MAPS[self.feature_map][2]:
             raise ValueError(f"feature_map='{self.feature_map}' can make the normaliser zero or negative; "
                              "use normalize=False")
@@ -174,7 +174,7 @@ class LinearState:
     """Decoding state of one layer: S and z as one [B, H, F, D+1] float32 tensor, and the window ring."""
 
     def __init__(self, batch_size, config, device, dtype):
-        H, Fd, D, w = config.n_head, config.feature_dim, config.head_dim, config.window
+        H, Fd, D, w = config.n_head, config.feature_dim, config.head_dim, config.based_window
         wide_dtype = model.wide_dtype(dtype)
         self.S = torch.zeros(batch_size, H, Fd, D + 1, device=device, dtype=wide_dtype)
         if w:
@@ -198,15 +198,15 @@ class LinearAttention(nn.Module):
         return LinearState(batch_size, self.config, device, dtype)
 
     def kernel_path(self, device_type):
-        # Taylor features failed FLA's kernel on an H100 (fla 0.6.0, triton 3.6): they stay on the PyTorch path
-        ok = device_type == "cuda" and self.config.use_fla and self.config.feature_map != "taylor"
+        # Taylor features fail FLA's kernel on an H100 (fla 0.6.0, triton 3.6): they stay on the PyTorch path
+        ok = device_type == "cuda" and self.config.linear_fla and self.config.feature_map != "taylor"
         return "fla" if ok and fla_chunk_linear_attn() else "pytorch"
 
     def forward_flops_per_token(self, T):
         c = self.config
         C, Fd, D = min(c.chunk_size, T), c.feature_dim, c.head_dim
         flops = 2 * c.n_head * (C * (Fd + D) + 2 * Fd * (D + 1))  # intra-chunk scores and values; state in and out
-        return flops + (2 * 2 * c.n_head * c.key_dim * min(c.window, T) if c.window else 0)
+        return flops + (2 * 2 * c.n_head * c.key_dim * min(c.based_window, T) if c.based_window else 0)
 
     def forward(self, x, pos, cache=None, return_attn=False):
         B, T, _ = x.shape
@@ -224,8 +224,8 @@ class LinearAttention(nn.Module):
             y = self._step(fq, fk, q, k, v, pos, cache)
         else:
             y = self._linear(fq, fk, v, x.is_cuda)
-            if c.window:
-                y = 0.5 * (y + local_attention(q, k, v, c.window))
+            if c.based_window:
+                y = 0.5 * (y + local_attention(q, k, v, c.based_window))
             if cache is not None:
                 self._fill(cache, fk, k, v, pos)
         y = y.transpose(1, 2).contiguous().view(B, T, -1)
@@ -259,10 +259,10 @@ class LinearAttention(nn.Module):
         return (out[..., :-1] / (out[..., -1:] + EPS)).to(dtype)
 
     def _fill(self, cache, fk, k, v, pos):
-        """A prefill: the state is the whole sum; the ring holds the last `window` tokens."""
+        """A prefill: the state is the whole sum; the ring holds the last `based_window` tokens."""
         cache.S.copy_(fk.transpose(-1, -2) @ with_ones(v))
-        if self.config.window:
-            w = self.config.window
+        if self.config.based_window:
+            w = self.config.based_window
             last = pos[-w:]
             cache.ring_k.index_copy_(2, last % w, k[:, :, -w:].to(cache.ring_k.dtype))
             cache.ring_v.index_copy_(2, last % w, v[:, :, -w:].to(cache.ring_v.dtype))
@@ -271,7 +271,7 @@ class LinearAttention(nn.Module):
     def _step(self, fq, fk, q, k, v, pos, cache):
         cache.S.add_(fk.transpose(-1, -2) @ with_ones(v))
         y = self._readout(fq, cache.S, v.dtype)
-        w = self.config.window
+        w = self.config.based_window
         if w:
             slot = pos % w
             cache.ring_k.index_copy_(2, slot, k.to(cache.ring_k.dtype))
@@ -293,9 +293,9 @@ class LinearAttention(nn.Module):
             A = A / (A.sum(-1, keepdim=True) + EPS)
         y = A @ wide(v)
         y = y.to(v.dtype) if self.config.normalize else self._rms(y, v.dtype)
-        if self.config.window:
+        if self.config.based_window:
             scores = wide(q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-            A_win = scores.masked_fill((j > i) | (j <= i - self.config.window), float("-inf")).softmax(-1)
+            A_win = scores.masked_fill((j > i) | (j <= i - self.config.based_window), float("-inf")).softmax(-1)
             y = 0.5 * (y + (A_win.to(v.dtype) @ v))
             A = 0.5 * (A + A_win)
         return y, A.to(v.dtype)

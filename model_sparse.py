@@ -35,19 +35,17 @@ block_size. strided, fixed and topk reach back arbitrarily far and use the backb
 static KV cache.
 """
 
-import functools
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 import model
+from attn_kernels.flex import FLEX_BLOCK, built_once, compiled_flex_attention, new_block_mask
 
 PATTERNS = ("sliding_window", "local_global", "strided", "fixed", "topk")
 RING_PATTERNS = ("sliding_window", "local_global")  # bounded decoding state
-FLEX_BLOCK = 128
 QUERY_BLOCK = 128  # rows per block on the PyTorch path
 
 
@@ -110,7 +108,7 @@ def fixed_mask(T, stride, summary, causal=True):
 
 
 @dataclass
-class GPTConfig(model.GPTConfig):
+class GPTConfig(model.BackboneConfig):
     pattern: str = "sliding_window"
     window: int = 64  # sliding_window, local_global
     n_global: int = 4  # local_global
@@ -149,34 +147,7 @@ class GPTConfig(model.GPTConfig):
 
 
 # -----------------------------------------------------------------------------
-# FlexAttention: mask_mods and BlockMasks, cached so the kernel compiles once per setting
-
-# Every (mask_mod, T) compiles flex_attention anew, and past dynamo's recompile limit (8) it silently
-# runs an unfused path that forms the T×T scores: a sweep or a benchmark over many lengths needs more.
-torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-compiled_flex_attention = torch.compile(flex_attention, dynamic=False)  # both compile on first call
-compiled_create_block_mask = torch.compile(create_block_mask)  # never forms the T×T mask (4 GiB at T=65,536)
-
-
-def built_once(make):
-    """make(*setting), e.g. a BlockMask, built once per setting when called eagerly, and traced into the
-    graph when called inside a compiled model (a few small fused kernels a step). There a cached or
-    compiler-disabled builder was a graph break in every layer, and the baby GPT's sliding window trained
-    at 14.9 ms/iter alone on an H100 against softmax's 5.85 (results/h100/sparse)."""
-    cached = functools.cache(make)
-
-    @functools.wraps(make)
-    def get(*setting):
-        return make(*setting) if torch.compiler.is_compiling() else cached(*setting)
-    return get
-
-
-def new_block_mask(mod, Q, K, device):
-    """A BlockMask of FLEX_BLOCK tiles: compiled when eager on CUDA (the T×T mask is never formed)."""
-    compiled = device.startswith("cuda") and not torch.compiler.is_compiling()
-    create = compiled_create_block_mask if compiled else create_block_mask
-    return create(mod, None, None, Q, K, device=device, BLOCK_SIZE=FLEX_BLOCK)
-
+# FlexAttention: one BlockMask per setting, shared by every layer and step
 
 @built_once
 def block_mask(pattern, window, n_global, stride, summary, T, device):

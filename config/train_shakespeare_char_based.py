@@ -6,5 +6,5 @@ model_type = "linear"
 out_dir = "out-shakespeare-char-based"
 feature_map = "taylor"
 n_features = 16
-window = 64
+based_window = 64
 compile_mode = "default"

@@ -25,6 +25,7 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run on the device machine)")
+    config.addinivalue_line("markers", "slow: longer than a few seconds on 2 CPU cores")
 
 
 @pytest.fixture(scope="session")

@@ -44,7 +44,7 @@ def test_maps_are_told_apart_by_their_rows():
 @pytest.mark.parametrize("model_type, kw, kind", [
     ("vanilla", {}, "distribution"), ("linear", {}, "distribution"), ("sparse", {"window": 4}, "distribution"),
     ("delta", {"variant": "gated_deltaproduct"}, "signed"),  # the delta rule's map is a signed mixing matrix
-    ("nsa", {"n_kv_head": 1, "cmp_block": 4, "cmp_stride": 4, "select_block": 4, "window": 4}, "weights")])
+    ("nsa", {"n_kv_head": 1, "cmp_block": 4, "cmp_stride": 4, "select_block": 4, "window_size": 4}, "weights")])
 def test_family_maps_are_distributions_gated_weights_or_signed(model_type, kw, kind):
     module, _ = train_runner.load_family(model_type)
     model = module.GPT(module.GPTConfig(block_size=16, vocab_size=11, n_layer=1, n_head=2, n_embd=16, **kw)).eval()

@@ -45,7 +45,7 @@ def test_every_family_trains_under_ddp(shakespeare, tmp_path, family):
     # adds parameters of its own: gates, short convolutions, compression MLPs
     r = train(tmp_path / family, 2, "--gradient_accumulation_steps=2", f"--model_type={family}", "--max_iters=20",
               "--lr_decay_iters=20", "--eval_interval=10", *(["--n_kv_head=1", "--cmp_block=8", "--cmp_stride=8",
-                                                             "--select_block=8", "--window=8"] if family == "nsa" else []))
+                                                             "--select_block=8", "--window_size=8"] if family == "nsa" else []))
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.loads((tmp_path / family / "metrics.json").read_text())
     assert m["status"] == "done" and m["model_type"] == family and m["best_val_loss"] < m["curves"]["val"][0][2] - 0.3

@@ -7,6 +7,7 @@ import torch
 from conftest import assert_causal, assert_fast_path_matches_reference, decode_stepwise
 
 import model_delta
+from attn_kernels import fla_delta
 from model import generate_by_recompute
 from model_delta import GPT, VARIANTS, GPTConfig, chunked_delta_rule, implied_attention, recurrent_delta_rule
 
@@ -182,11 +183,11 @@ class KernelStandIn(torch.autograd.Function):
 
 
 def stand_in_for_fla(setattr_=setattr):
-    """The layer takes its FLA path with KernelStandIn for every kernel (also results/cpu/delta_kept)."""
+    """The layer takes its FLA path with KernelStandIn for every kernel (also results/cpu-delta)."""
     setattr_(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "fla")
-    setattr_(model_delta, "fla_kernel", lambda variant: lambda q, k, v, *a, **kw: (KernelStandIn.apply(q, v), None))
-    setattr_(model_delta, "fla_delta_rule", lambda q, k, v, beta, scale: (KernelStandIn.apply(q, v),))
-    setattr_(model_delta, "fla_gated_delta_product", lambda q, k, v, g, beta, scale, n: (KernelStandIn.apply(q, v),))
+    setattr_(fla_delta, "fla_kernel", lambda variant: lambda q, k, v, *a, **kw: (KernelStandIn.apply(q, v), None))
+    setattr_(fla_delta, "fla_delta_rule", lambda q, k, v, beta, scale: (KernelStandIn.apply(q, v),))
+    setattr_(fla_delta, "fla_gated_delta_product", lambda q, k, v, g, beta, scale, n: (KernelStandIn.apply(q, v),))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -221,21 +222,6 @@ def test_deltanet_output_gate_reads_its_own_slice():
     assert gated.transformer.h[0].attn.sizes[4:] == [4 * gated.config.v_dim]  # no decay input
 
 
-def test_checkpoints_from_before_the_fused_projection_load():
-    m = tiny(variant="gated_deltanet")
-    state = m.state_dict()
-    for i in range(2):  # the old layout: one weight per projection
-        attn, prefix = m.transformer.h[i].attn, f"transformer.h.{i}.attn."
-        for name, w in zip("qkvbag", state.pop(prefix + "c_attn.weight").split(attn.sizes)):
-            state[f"{prefix}{name}_proj.weight"] = w
-    fresh = tiny(variant="gated_deltanet")
-    with torch.no_grad():
-        fresh.transformer.h[0].attn.c_attn.weight.zero_()
-    fresh.load_state_dict(state)
-    idx = torch.randint(0, 11, (2, 16))
-    assert torch.equal(fresh(idx)[0], m(idx)[0])
-
-
 @pytest.mark.parametrize("bad, message", [
     (dict(variant="mamba"), "variant must be one of"),
     (dict(num_householder=0), "num_householder must be >= 1"),
@@ -247,17 +233,6 @@ def test_checkpoints_from_before_the_fused_projection_load():
 def test_bad_config(bad, message):
     with pytest.raises(ValueError, match=message):
         GPTConfig(**bad)
-
-
-def test_trains_through_the_runner(shakespeare, tmp_path):
-    from conftest import TINY
-
-    import train_runner
-    m = train_runner.train(None, overrides=dict(TINY, model_type="delta_product", out_dir=str(tmp_path / "d"), max_iters=150,
-                                                lr_decay_iters=150, eval_interval=50, batch_size=16))
-    val = [row[2] for row in m["curves"]["val"]]
-    assert m["status"] == "done" and m["kernel_path"] == ["pytorch"] and m["config"]["variant"] == "gated_deltaproduct"
-    assert val[-1] < val[0] - 0.9
 
 
 # -- FLA's DeltaNet as PyTorch operators: the plumbing, with FLA's four functions stood in for on the CPU
@@ -313,9 +288,9 @@ def gated_product_bwd(q, k, v, g, beta, A, scale, initial_state, do, dht):  # FL
 @pytest.fixture
 def fla_on_the_cpu(monkeypatch):
     """The layer takes its FLA path on the CPU (every variant), FLA's functions replaced by the reference above."""
-    monkeypatch.setattr(model_delta, "fla_delta_parts", lambda: (l2norm_fwd, delta_fwd, delta_bwd, l2norm_bwd))
-    monkeypatch.setattr(model_delta, "fla_gated_parts", lambda: (gated_product_fwd, gated_product_bwd))
-    monkeypatch.setattr(model_delta, "fla_kernel", lambda variant: gated_delta_rule)
+    monkeypatch.setattr(fla_delta, "fla_delta_parts", lambda: (l2norm_fwd, delta_fwd, delta_bwd, l2norm_bwd))
+    monkeypatch.setattr(fla_delta, "fla_gated_parts", lambda: (gated_product_fwd, gated_product_bwd))
+    monkeypatch.setattr(fla_delta, "fla_kernel", lambda variant: gated_delta_rule)
     monkeypatch.setattr(model_delta.DeltaAttention, "kernel_path", lambda self, device_type: "fla")
 
 
@@ -337,11 +312,11 @@ def test_fla_operators_pass_torch_opcheck(fla_on_the_cpu):
     # schema, fake tensors (what torch.compile traces with) against the real outputs, autograd registration
     q, k, v = (torch.randn(2, 70, 3, 8, dtype=torch.double, requires_grad=True) for _ in range(3))
     beta = torch.rand(2, 70, 3, dtype=torch.double, requires_grad=True)
-    torch.library.opcheck(model_delta.fla_delta_rule, (q, k, v, beta, 0.35))
+    torch.library.opcheck(fla_delta.fla_delta_rule, (q, k, v, beta, 0.35))
     k2, v2 = (torch.randn(2, 140, 3, 8, dtype=torch.double, requires_grad=True) for _ in range(2))  # two sub-steps a token
     beta2 = torch.rand(2, 140, 3, dtype=torch.double, requires_grad=True)
     g = -torch.rand(2, 70, 3, requires_grad=True)
-    torch.library.opcheck(model_delta.fla_gated_delta_product, (q, k2, v2, g, beta2, 0.35, 2))
+    torch.library.opcheck(fla_delta.fla_gated_delta_product, (q, k2, v2, g, beta2, 0.35, 2))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -373,9 +348,8 @@ def test_the_fla_operator_path_equals_the_reference_and_compiles_without_a_graph
                          ids=[*VARIANTS, "deltanet+gate"])
 def test_gpu_fla_equals_reference(variant, extra):
     pytest.importorskip("fla")
-    import model_delta
-    if model_delta.fla_status(variant) is not None:
-        pytest.skip(f"FLA cannot run {variant} here: {model_delta.fla_status(variant)}")
+    if fla_delta.fla_status(variant) is not None:
+        pytest.skip(f"FLA cannot run {variant} here: {fla_delta.fla_status(variant)}")
     torch.manual_seed(0)
     m = GPT(GPTConfig(block_size=1024, vocab_size=65, n_layer=2, n_head=4, n_embd=256, variant=variant, **extra)).cuda()
     assert m.kernel_paths("cuda") == ["fla"]
@@ -387,16 +361,15 @@ def test_gpu_fla_equals_reference(variant, extra):
 @pytest.mark.parametrize("n", [0, 1, 2], ids=["deltanet", "gated_deltanet", "gated_deltaproduct"])
 @pytest.mark.parametrize("T", [64, 1000])
 def test_gpu_fla_operator_gradients_each_equal_the_reference(T, n):
-    # flash-linear-attention's tracker (#984) reports prepare_wy_repr_bwd's dk and dβ wrong at chunk 64 on
-    # Hopper with Triton >= 3.4, which is where the baby DeltaNet trains (the gated ones skip where FLA refuses
-    # them, results/h100/delta/gated_fla says why it is right to). The model-level check above sees the
-    # logits and one weight's gradient, where one bad tensor could hide: here each gradient of the operator
-    # the layer runs (bf16) against the PyTorch chunked form (float32), T a multiple of 64 or not.
+    # FLA's prepare_wy_repr_bwd is reported wrong in dk and dβ at chunk 64 on Hopper with Triton >= 3.4, where the
+    # baby DeltaNet trains (the gated ones skip where FLA refuses them, results/h100-delta). The model-level check
+    # above sees the logits and one weight's gradient, where one bad tensor could hide: here each gradient of the
+    # operator the layer runs (bf16) against the PyTorch chunked form (float32), T a multiple of 64 or not.
     # n: 0 DeltaNet's operator, else the gated one with n sub-steps a token.
     pytest.importorskip("fla")
     variant = ["deltanet", "gated_deltanet", "gated_deltaproduct"][n]
-    if model_delta.fla_status(variant) is not None:
-        pytest.skip(f"FLA cannot run {variant} here: {model_delta.fla_status(variant)}")
+    if fla_delta.fla_status(variant) is not None:
+        pytest.skip(f"FLA cannot run {variant} here: {fla_delta.fla_status(variant)}")
     torch.manual_seed(0)
     B, H, D, steps = 2, 4, 64, max(n, 1)
     inputs = [torch.randn(B, T, H, D, device="cuda")] + [torch.randn(B, T * steps, H, D, device="cuda") for _ in range(2)]
@@ -405,9 +378,9 @@ def test_gpu_fla_operator_gradients_each_equal_the_reference(T, n):
     fast_in = [t.bfloat16().requires_grad_() for t in inputs[:4]] + [t.clone().requires_grad_() for t in inputs[4:]]
     if n:
         q, k, v, beta, g = fast_in
-        o = model_delta.fla_gated_delta_product(q, k, v, g, beta, D ** -0.5, n)[0]
+        o = fla_delta.fla_gated_delta_product(q, k, v, g, beta, D ** -0.5, n)[0]
     else:
-        o = model_delta.fla_delta_rule(*fast_in, D ** -0.5)[0]
+        o = fla_delta.fla_delta_rule(*fast_in, D ** -0.5)[0]
     fast = [o, *torch.autograd.grad(o, fast_in, go.bfloat16())]
     ref_in = [t.clone().requires_grad_() for t in inputs]
     q, k, v, beta = ref_in[:4]
@@ -428,17 +401,17 @@ def test_gpu_fla_operator_gradients_each_equal_the_reference(T, n):
 def test_gpu_fla_operators_pass_torch_opcheck():
     # FLA's real outputs against the shapes, dtypes and strides torch.compile is told to expect
     pytest.importorskip("fla")
-    if model_delta.fla_status("deltanet") is not None:
-        pytest.skip(model_delta.fla_status("deltanet"))
+    if fla_delta.fla_status("deltanet") is not None:
+        pytest.skip(fla_delta.fla_status("deltanet"))
     q, k, v = (torch.randn(2, 200, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     beta = torch.rand(2, 200, 4, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    torch.library.opcheck(model_delta.fla_delta_rule, (q, k, v, beta, 0.125))
-    if model_delta.fla_status("gated_deltaproduct") is not None:
-        pytest.skip(model_delta.fla_status("gated_deltaproduct"))
+    torch.library.opcheck(fla_delta.fla_delta_rule, (q, k, v, beta, 0.125))
+    if fla_delta.fla_status("gated_deltaproduct") is not None:
+        pytest.skip(fla_delta.fla_status("gated_deltaproduct"))
     k2, v2 = (torch.randn(2, 400, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
     beta2 = torch.rand(2, 400, 4, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     g = -torch.rand(2, 200, 4, device="cuda", requires_grad=True)
-    torch.library.opcheck(model_delta.fla_gated_delta_product, (q, k2, v2, g, beta2, 0.125, 2))
+    torch.library.opcheck(fla_delta.fla_gated_delta_product, (q, k2, v2, g, beta2, 0.125, 2))
 
 
 @pytest.mark.gpu
@@ -447,8 +420,8 @@ def test_gpu_fla_operators_pass_torch_opcheck():
 def test_gpu_compiled_fla_path_equals_eager(mode, variant):
     # compiled, FLA's kernels sit inside the graph (no break), and under reduce-overhead inside a CUDA graph
     pytest.importorskip("fla")
-    if model_delta.fla_status(variant) is not None:
-        pytest.skip(model_delta.fla_status(variant))
+    if fla_delta.fla_status(variant) is not None:
+        pytest.skip(fla_delta.fla_status(variant))
     torch.manual_seed(0)
     m = GPT(GPTConfig(block_size=256, vocab_size=65, n_layer=2, n_head=4, n_embd=128, variant=variant)).cuda()
     idx = torch.randint(0, 65, (8, 256), device="cuda")
@@ -466,11 +439,10 @@ def test_gpu_compiled_fla_path_equals_eager(mode, variant):
 
 @pytest.mark.gpu
 def test_gpu_refused_kernels_fall_back_and_say_so():
-    import model_delta
     for variant in VARIANTS:
         m = GPT(GPTConfig(block_size=64, vocab_size=65, n_layer=1, n_head=4, n_embd=128, variant=variant)).cuda()
         path = m.kernel_paths("cuda")
-        assert path == (["fla"] if model_delta.fla_status(variant) is None else ["pytorch-fallback"])
+        assert path == (["fla"] if fla_delta.fla_status(variant) is None else ["pytorch-fallback"])
         with torch.autocast("cuda", dtype=torch.bfloat16):
             _, loss = m(torch.randint(0, 65, (2, 64), device="cuda"), torch.randint(0, 65, (2, 64), device="cuda"))
         loss.backward()
@@ -489,15 +461,15 @@ def test_gpu_graph_decoding_equals_eager():
 
 
 def test_fla_probe_takes_its_backward_even_when_first_called_from_decoding(monkeypatch):
-    # the bake-off's benchmarks decode first, under inference mode: the probe's backward then failed and the
-    # whole process fell back to the PyTorch form (found on the H100)
+    # benchmarks may decode first, under inference mode, and the probe must still take its backward (or the
+    # whole process falls back to the PyTorch form)
     seen = []
-    monkeypatch.setattr(model_delta, "FLA_STATUS", {})
-    monkeypatch.setattr(model_delta, "fla_kernel", lambda variant: None)
-    monkeypatch.setattr(model_delta, "probe_fla_kernel",
+    monkeypatch.setattr(fla_delta, "FLA_STATUS", {})
+    monkeypatch.setattr(fla_delta, "fla_kernel", lambda variant: None)
+    monkeypatch.setattr(fla_delta, "probe_fla_kernel",
                         lambda fn, variant: seen.append(torch.is_grad_enabled() and not torch.is_inference_mode_enabled()))
     with torch.inference_mode():
-        assert model_delta.fla_status("deltanet") is None
+        assert fla_delta.fla_status("deltanet") is None
     assert seen == [True]
 
 
@@ -508,13 +480,13 @@ def test_gated_kernels_refused_on_fla_own_terms_before_any_probe(monkeypatch, ho
     monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", hopper)
     monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_4_0", True)
     monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", above_3_7_1)
-    monkeypatch.setattr(model_delta, "FLA_STATUS", {})
-    monkeypatch.setattr(model_delta, "fla_kernel", model_delta.fla_kernel.__wrapped__)
+    monkeypatch.setattr(fla_delta, "FLA_STATUS", {})
+    monkeypatch.setattr(fla_delta, "fla_kernel", fla_delta.fla_kernel.__wrapped__)
     probed = []
-    monkeypatch.setattr(model_delta, "probe_fla_kernel", lambda fn, variant: probed.append(variant))
+    monkeypatch.setattr(fla_delta, "probe_fla_kernel", lambda fn, variant: probed.append(variant))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        status = {v: model_delta.fla_status(v) for v in VARIANTS}
+        status = {v: fla_delta.fla_status(v) for v in VARIANTS}
     gated = ["gated_deltanet", "gated_deltaproduct"]
     assert status["deltanet"] is None
     assert all(("Triton >= 3.4.0 and < 3.7.1" in (status[v] or "")) == refused for v in gated)
@@ -524,14 +496,14 @@ def test_gated_kernels_refused_on_fla_own_terms_before_any_probe(monkeypatch, ho
 @pytest.mark.parametrize("hopper,above_3_7_1,refused", [(True, False, True), (True, True, False), (False, False, False)])
 def test_unequal_key_and_value_widths_refused_where_fla_faults(monkeypatch, hopper, above_3_7_1, refused):
     # FLA 0.6.0's delta rule faults on an H100 with Triton 3.6 when keys and values differ in width
-    # (results/h100/delta/fla_shapes.json): such a layer falls back there before any launch, equal widths do not
+    # (results/h100-delta): such a layer falls back there before any launch, equal widths do not
     fla_utils = pytest.importorskip("fla.utils")
     monkeypatch.setattr(fla_utils, "IS_NVIDIA_HOPPER", hopper)
     monkeypatch.setattr(fla_utils, "TRITON_ABOVE_3_7_1", above_3_7_1)
-    monkeypatch.setattr(model_delta, "FLA_STATUS", {})
-    monkeypatch.setattr(model_delta, "fla_kernel", lambda variant: None)
+    monkeypatch.setattr(fla_delta, "FLA_STATUS", {})
+    monkeypatch.setattr(fla_delta, "fla_kernel", lambda variant: None)
     probed = []
-    monkeypatch.setattr(model_delta, "probe_fla_kernel", lambda fn, variant: probed.append(variant))
+    monkeypatch.setattr(fla_delta, "probe_fla_kernel", lambda fn, variant: probed.append(variant))
     paths = {}
     for k_dim, v_dim in ((32, 64), (32, 32)):
         m = tiny(variant="deltanet", use_gate=True, head_k_dim=k_dim, head_v_dim=v_dim)
@@ -544,15 +516,20 @@ def test_unequal_key_and_value_widths_refused_where_fla_faults(monkeypatch, hopp
 
 
 @pytest.mark.gpu
-def test_gpu_chunk_scan_equals_the_chunk_loop_at_long_context(monkeypatch):
+def test_gpu_chunk_scan_equals_the_chunk_loop_at_long_context():
     # the fallback's path at long T on CUDA (float32, as the layer runs it): 128 chunks, 7 levels of the scan;
-    # full float32 products (training turns TF32 on, which would blur both sides' rounding alike)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 4, 8192, 64, device="cuda") for _ in range(3))
-    k = torch.nn.functional.normalize(k, dim=-1)
-    beta, log_alpha = torch.rand(2, 4, 8192, device="cuda"), -torch.rand(2, 4, 8192, device="cuda") * 0.1
-    loop, S_loop = chunked_delta_rule(q / 8, k, v, beta, log_alpha, 64, scan_from=0)
-    scan, S_scan = chunked_delta_rule(q / 8, k, v, beta, log_alpha, 64, scan_from=1)
+    # full float32 products (training turns TF32 on, which would blur both sides' rounding alike). Set and restored
+    # by hand: on torch 2.11 monkeypatch cannot undo this flag (it is no plain attribute)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(2, 4, 8192, 64, device="cuda") for _ in range(3))
+        k = torch.nn.functional.normalize(k, dim=-1)
+        beta, log_alpha = torch.rand(2, 4, 8192, device="cuda"), -torch.rand(2, 4, 8192, device="cuda") * 0.1
+        loop, S_loop = chunked_delta_rule(q / 8, k, v, beta, log_alpha, 64, scan_from=0)
+        scan, S_scan = chunked_delta_rule(q / 8, k, v, beta, log_alpha, 64, scan_from=1)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.testing.assert_close(scan, loop, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(S_scan, S_loop, rtol=1e-3, atol=1e-3)

@@ -1,12 +1,24 @@
-"""The backbone and vanilla attention: shapes, causality, the three attention paths, cached decoding."""
+"""The backbone and vanilla attention: shapes, causality, the three attention paths, cached decoding,
+sampling, and the score-based hook (attend) a softmax-like family overrides."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import assert_causal, decode_stepwise
 
-from model import GPT, POS_EMBS, CausalSelfAttention, GPTConfig, apply_rope, generate_by_recompute
+from model import (
+    GPT,
+    POS_EMBS,
+    BackboneConfig,
+    CausalSelfAttention,
+    GPTConfig,
+    alibi_slopes,
+    apply_rope,
+    generate_by_recompute,
+    sample_next,
+)
 
 GQA = [4, 2, 1]  # multi-head, grouped, multi-query
 
@@ -204,26 +216,78 @@ def test_short_conv_compiled_as_shifted_products_is_the_same_convolution():
     assert torch.equal(outs[0][3], x[:, -3:].detach().transpose(1, 2))
 
 
-@pytest.mark.parametrize("model_type, kw", [("vanilla", {}), ("vanilla", {"pos_emb": "rope"}), ("linear", {"window": 3}),
-                                            ("sparse", {"window": 5, "pos_emb": "rope"}), ("delta", {})])
-def test_short_conv_decodes_exactly_and_stays_causal(model_type, kw):
-    import train_runner
-    module, _ = train_runner.load_family(model_type)
+# -- sampling ------------------------------------------------------------------------------------
+
+def probabilities_drawn_from(monkeypatch, logits, **kw):
+    """The probabilities sample_next hands to torch.multinomial."""
+    seen, multinomial = [], torch.multinomial
+
+    def spy(probs, num_samples, **kwargs):
+        seen.append(probs)
+        return multinomial(probs, num_samples, **kwargs)
+    monkeypatch.setattr(torch, "multinomial", spy)
+    sample_next(logits, **kw)
+    return seen[0]
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_sampling_divides_the_logits_by_the_temperature(monkeypatch, temperature):
+    logits = torch.randn(3, 11)
+    probs = probabilities_drawn_from(monkeypatch, logits, temperature=temperature)
+    torch.testing.assert_close(probs, F.softmax(logits / temperature, dim=-1))
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 11, 20])
+def test_top_k_keeps_exactly_the_k_most_likely_tokens(monkeypatch, k):
+    logits = torch.randn(4, 11)
+    probs = probabilities_drawn_from(monkeypatch, logits, temperature=0.7, top_k=k)
+    kept = probs > 0
+    assert torch.equal(kept.sum(-1), torch.full((4,), min(k, 11)))
+    assert torch.equal(kept, logits >= logits.topk(min(k, 11)).values[:, -1:])
+    torch.testing.assert_close(probs, F.softmax((logits / 0.7).masked_fill(~kept, float("-inf")), dim=-1))
+
+
+def test_alibi_slopes_are_the_papers():
+    # Press et al.'s reference: 2^(-8i/n) for n a power of two; otherwise those of the power of two below,
+    # then every other one of the power above
+    torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0 ** -i for i in range(1, 9)]))
+    torch.testing.assert_close(alibi_slopes(4), torch.tensor([0.25, 0.0625, 0.015625, 0.00390625]))
+    torch.testing.assert_close(alibi_slopes(6), torch.tensor([0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]))
+
+
+# -- the score-based hook: a softmax-like family overrides attend and gets the rest ---------------
+
+class SigmoidAttention(CausalSelfAttention):
+    """Sigmoid attention (Ramapuram et al. 2024): σ(q·k/√d + b) weights, no normalisation, b = -log(block_size)."""
+
+    def attend(self, q, k, v, q_pos, k_pos, return_attn):
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+        w = torch.sigmoid(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) - math.log(self.config.block_size))
+        w = w.masked_fill(k_pos[None, :] > q_pos[:, None], 0.0)  # the future, and a decoding step's unwritten cache
+        return w @ v, w if return_attn else None
+
+
+class SigmoidGPT(GPT):
+    attention_class = SigmoidAttention
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rope"])
+def test_a_family_overriding_only_attend_is_causal_and_decodes_exactly(pos_emb):
     torch.manual_seed(0)
-    m = module.GPT(module.GPTConfig(block_size=16, vocab_size=11, n_layer=2, n_head=4, n_embd=32, short_conv=3, **kw))
-    with torch.no_grad():
-        for block in m.transformer.h:
-            block.conv.weight.normal_()  # it starts at zero (no effect); give it one
-    m = m.double().eval()
+    cfg = GPTConfig(block_size=16, vocab_size=11, n_layer=2, n_head=4, n_embd=32, n_kv_head=2, pos_emb=pos_emb)
+    m = SigmoidGPT(cfg).double().eval()
     assert_causal(m)
+    idx = torch.randint(0, 11, (2, 16))
+    full, _, maps = m(idx, return_attn=True)
+    softmax = GPT(cfg).double().eval()
+    softmax.load_state_dict(m.state_dict())
+    assert not torch.allclose(full, softmax(idx)[0])  # the hook is what runs
+    assert maps[0].triu(1).abs().max() == 0 and maps[0][:, :, 0].sum(-1).max() < 0.5  # its own: causal, unnormalised
+    steps, _ = decode_stepwise(m, idx, 5)  # a prefill, then steps over the static cache
+    torch.testing.assert_close(steps, full[:, 4:], rtol=0, atol=1e-12)
     prompt = torch.randint(0, 11, (2, 5))
     assert torch.equal(m.generate(prompt, 30, temperature=0), generate_by_recompute(m, prompt, 30, temperature=0))
-    # zero weights (its initialisation) make it exactly the model without it
-    without = module.GPT(module.GPTConfig(block_size=16, vocab_size=11, n_layer=2, n_head=4, n_embd=32, **kw)).double().eval()
-    without.load_state_dict({k: v for k, v in m.state_dict().items() if ".conv." not in k})
-    idx = torch.randint(0, 11, (2, 12))
-    assert not torch.equal(m(idx)[0], without(idx)[0])
-    with torch.no_grad():
-        for block in m.transformer.h:
-            block.conv.weight.zero_()
-    assert torch.equal(m(idx)[0], without(idx)[0])
+
+
+def test_the_backbone_config_has_no_softmax_options():
+    assert not hasattr(BackboneConfig(), "attn_impl") and GPTConfig().attn_impl == "sdpa"

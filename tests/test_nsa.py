@@ -8,13 +8,14 @@ import torch
 from conftest import assert_causal, assert_compiled_matches_eager, assert_fast_path_matches_reference, decode_stepwise
 
 import model_nsa
+from attn_kernels import flex, nsa_triton
 from model import generate_by_recompute
 from model_nsa import GPT, GPTConfig
 
-SHAPES = [  # (l, d, l', n, window, n_head, n_kv_head)
-    dict(cmp_block=4, cmp_stride=4, select_block=4, select_count=3, window=3),  # FLA's layout: l = d = l'
-    dict(cmp_block=8, cmp_stride=4, select_block=8, select_count=4, window=5, n_kv_head=2),  # the paper's: l = 2d, GQA
-    dict(cmp_block=4, cmp_stride=2, select_block=6, select_count=3, window=0, n_kv_head=1),  # no window, l' not a multiple of l
+SHAPES = [  # (l, d, l', n, w, n_head, n_kv_head)
+    dict(cmp_block=4, cmp_stride=4, select_block=4, select_count=3, window_size=3),  # FLA's layout: l = d = l'
+    dict(cmp_block=8, cmp_stride=4, select_block=8, select_count=4, window_size=5, n_kv_head=2),  # the paper's: l = 2d, GQA
+    dict(cmp_block=4, cmp_stride=2, select_block=6, select_count=3, window_size=0, n_kv_head=1),  # no window, l' % l != 0
 ]
 IDS = ["l=d=l'", "l=2d,gqa", "odd,mqa"]
 
@@ -23,7 +24,7 @@ def naive_branches(q, k, v, kc, vc, cfg):
     """The module docstring's definitions, one query position at a time, in plain loops and lists."""
     B, H, T, D = q.shape
     G = H // k.shape[1]
-    size, d, ls, n, w = cfg.cmp_block, cfg.cmp_stride, cfg.select_block, cfg.select_count, cfg.window
+    size, d, ls, n, w = cfg.cmp_block, cfg.cmp_stride, cfg.select_block, cfg.select_count, cfg.window_size
     out = torch.zeros(3, B, H, T, D, dtype=q.dtype)
 
     def softmax_attend(qv, keys, values):
@@ -185,22 +186,23 @@ def test_decode_steps_equal_the_parallel_forward():
 
 
 def test_flex_masks_equal_reference_on_cpu():
-    # FlexAttention runs forward on CPU: enough to check the compressed BlockMask and the selection's tiles
+    # FlexAttention runs forward on CPU: enough to check the compressed and window BlockMasks and the selection's tiles
     from torch.nn.attention.flex_attention import flex_attention
     cfg = GPTConfig(n_embd=32, n_head=4, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=3,
-                    window=100)
+                    window_size=100)
     T = 384
     q = torch.randn(1, 4, T, 8)
     k, v = (torch.randn(1, 2, T, 8) for _ in range(2))
     kc, vc = model_nsa.compress(k, cfg), model_nsa.compress(v, cfg)
     ref = model_nsa.nsa_branches(q, k, v, kc, vc, torch.arange(T), cfg)
-    mask = model_nsa.compressed_block_mask(T, cfg.cmp_block, cfg.cmp_stride, "cpu")
+    mask = flex.compressed_block_mask(T, cfg.cmp_block, cfg.cmp_stride, "cpu")
     o_cmp = flex_attention(q, kc, vc, block_mask=mask, enable_gqa=True)
     sel = model_nsa.blocks_as_mask(model_nsa.selection_for_flex(q, kc, cfg), cfg.n_select_blocks(T))
-    tiles = model_nsa.tile_mask_from_selection(sel, cfg)
+    tiles = flex.tile_mask_from_selection(sel, cfg.select_block)
     assert tiles.sum() < tiles.numel()  # some tiles are skipped
-    o_slc = model_nsa._selected_flex(q, k, v, sel, tiles, cfg.select_block)
-    for name, a, b in (("compressed", o_cmp, ref[0]), ("selected", o_slc, ref[1])):
+    o_slc = flex.selected_flex(q, k, v, sel, tiles, cfg.select_block)
+    o_win = flex_attention(q, k, v, block_mask=flex.sliding_window_block_mask(cfg.window_size, T, "cpu"), enable_gqa=True)
+    for name, a, b in (("compressed", o_cmp, ref[0]), ("selected", o_slc, ref[1]), ("window", o_win, ref[2])):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
@@ -221,7 +223,7 @@ def test_head_size_sets_the_query_key_value_widths():
     (dict(compression="max"), "compression must be one of"),
     (dict(cmp_block=6, cmp_stride=4), "multiples of cmp_stride"),
     (dict(select_count=2), "select_count must be >= 3"),
-    (dict(window=-1), "window must be >= 0"),
+    (dict(window_size=-1), "window_size must be >= 0"),
     (dict(cmp_stride=0), "cmp_stride must be >= 1"),
     (dict(head_size=-2), "head_size must be >= 0"),
     (dict(pos_emb="alibi"), "use 'rope'"),
@@ -231,18 +233,7 @@ def test_bad_config(bad, message):
         GPTConfig(**bad)
 
 
-def test_trains_through_the_runner(shakespeare, tmp_path):
-    from conftest import TINY
-
-    import train_runner
-    m = train_runner.train(None, overrides=dict(TINY, model_type="nsa", cmp_block=4, cmp_stride=4, select_block=4,
-                                                select_count=3, window=8, out_dir=str(tmp_path / "nsa"), max_iters=150,
-                                                lr_decay_iters=150, eval_interval=50, batch_size=16))
-    val = [row[2] for row in m["curves"]["val"]]
-    assert m["status"] == "done" and m["kernel_path"] == ["pytorch"]
-    assert val[-1] < val[0] - 0.9
-
-
+@pytest.mark.slow
 def test_compiled_selection_equals_eager(monkeypatch):
     # the flex paths score the selection through torch.compile on CUDA; the same compiled function on a CPU
     torch.manual_seed(0)
@@ -264,7 +255,7 @@ def test_selection_work_inverts_the_selection():
     B, Hkv, T, n, n_sel = 2, 3, 50, 4, 7
     idx = torch.randint(-1, n_sel, (B, Hkv, T, n), dtype=torch.int32)
     idx[..., 0] = 0  # one block chosen by every token: it needs many segments
-    tokens, work = model_nsa.selection_work(idx, n_sel, segment=8)
+    tokens, work = nsa_triton.selection_work(idx, n_sel, segment=8)
     for bh in range(B * Hkv):
         pairs = []
         for j, first, end in work[bh].tolist():
@@ -277,28 +268,29 @@ def test_selection_work_inverts_the_selection():
 
 SELECTED_CHECK = """
 import torch, model_nsa as M
+from attn_kernels import nsa_triton as K
 torch.manual_seed(0)
 # the selection kernels: the same blocks as chosen_blocks, for l = d = l' and overlapping blocks, with
 # rows scored in several calls, and n past the number of blocks
 for Hkv, G, T, D, l, d, ls, n, rows in ((2, 4, 200, 20, 16, 16, 16, 4, 0), (1, 3, 150, 16, 16, 8, 32, 3, 48),
                                         (2, 2, 70, 8, 8, 4, 16, 8, 32)):
     cfg = M.GPTConfig(n_embd=Hkv * G * D, n_head=Hkv * G, n_kv_head=Hkv, cmp_block=l, cmp_stride=d,
-                      select_block=ls, select_count=n, window=0, use_triton=True)
+                      select_block=ls, select_count=n, window_size=0, use_triton=True)
     q = torch.randn(2, Hkv * G, T, D)
     kc = M.compress(torch.randn(2, Hkv, T, D), cfg)
     M.SELECT_SCORES = rows * 2 * Hkv * kc.shape[2] if rows else 2**28
     fast, ref = M.selection_triton(q, kc, cfg), M.selection_for_flex(q, kc, cfg, compiled=False)
     assert torch.equal(fast.long().sort(-1).values, ref.sort(-1).values), (Hkv, G, T)
 M.SELECT_SCORES = 2**28
-M.SLC_SEGMENT = 8  # several segments per block: their dK/dV are added atomically
+K.SLC_SEGMENT = 8  # several segments per block: their dK/dV are added atomically
 for Hkv, G, T, D, size, n in ((2, 4, 100, 20, 16, 4), (1, 1, 70, 16, 32, 3)):
     cfg = M.GPTConfig(n_embd=Hkv * G * D, n_head=Hkv * G, n_kv_head=Hkv, cmp_block=size // 2, cmp_stride=size // 4,
-                      select_block=size, select_count=n, window=0, use_triton=True)
+                      select_block=size, select_count=n, window_size=0, use_triton=True)
     q = torch.randn(2, Hkv * G, T, D).requires_grad_()
     k, v = (torch.randn(2, Hkv, T, D).requires_grad_() for _ in range(2))
     ids = M.selection_for_flex(q.detach(), M.compress(k.detach(), cfg), cfg)
     sel = M.blocks_as_mask(ids, cfg.n_select_blocks(T))
-    o = M.selected_attention(q, k, v, ids, size)
+    o = K.selected_attention(q, k, v, ids, size)
     go = torch.randn_like(o)
     fast = [o, *torch.autograd.grad(o, (q, k, v), go)]
     key = torch.arange(T)
@@ -309,7 +301,7 @@ for Hkv, G, T, D, size, n in ((2, 4, 100, 20, 16, 4), (1, 1, 70, 16, 32, 3)):
         assert err < 1e-5, (name, Hkv, G, err)
 # the layer's flex+triton path (FlexAttention's CPU forward for the other two branches) against the reference
 cfg = M.GPTConfig(block_size=256, vocab_size=11, n_layer=1, n_head=8, n_kv_head=2, n_embd=128, cmp_block=16,
-                  cmp_stride=16, select_block=16, select_count=4, window=32, use_fla=False, use_triton=True)
+                  cmp_stride=16, select_block=16, select_count=4, window_size=32, use_fla=False, use_triton=True)
 attn = M.GPT(cfg).transformer.h[0].attn
 x, pos = torch.randn(2, 256, 128), torch.arange(256)
 with torch.no_grad():
@@ -321,10 +313,12 @@ assert ((fast - ref).norm() / ref.norm()).item() < 1e-5
 # the custom operators' registrations (fake shapes and strides, autograd) against their real outputs:
 # what torch.compile is told to expect of them
 cfg = M.GPTConfig(n_embd=64, n_head=4, n_kv_head=2, cmp_block=16, cmp_stride=16, select_block=16, select_count=3,
-                  window=0, use_triton=True)
+                  window_size=0, use_triton=True)
 q, k, v = torch.randn(1, 4, 64, 16), torch.randn(1, 2, 64, 16), torch.randn(1, 2, 64, 16)
 kc = M.compress(k, cfg)
-torch.library.opcheck(torch.ops.attention_lab.nsa_selection.default, (q, kc, 16, 16, 16, 3))
+torch.library.opcheck(torch.ops.attention_lab.nsa_group_probs.default, (q, kc, 8, 40, 16, 16))
+p = K.nsa_group_probs(q, kc, 8, 40, 16, 16)
+torch.library.opcheck(torch.ops.attention_lab.nsa_top_blocks.default, (p, 8, 4, 16, 3))
 ids = M.selection_triton(q, kc, cfg)
 torch.library.opcheck(torch.ops.attention_lab.selected_attention.default,
                       tuple(t.requires_grad_() for t in (q, k, v)) + (ids, 16))
@@ -332,11 +326,12 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_triton_selected_branch_equals_masked_attention_interpreted():
     # Triton's interpreter (TRITON_INTERPRET=1, read when a kernel is defined: a fresh process) runs the
-    # GPU kernels on CPU tensors: forward and all three gradients against SDPA with the selection as a
-    # mask, the whole flex+triton layer's forward against the reference, and torch's opcheck of the
-    # custom operators
+    # GPU kernels on CPU tensors: the selection against selection_for_flex's, forward and all three
+    # gradients against SDPA with the selection as a mask, the whole flex+triton layer's forward against
+    # the reference, and torch's opcheck of the custom operators
     pytest.importorskip("triton")
     import os
     import subprocess
@@ -351,7 +346,7 @@ def test_triton_selected_branch_equals_masked_attention_interpreted():
 KERNEL_CONSTANTS = {
     "slc_fwd": dict(G=16, D=44, BG=16, BD=64, BS=64, N=16),
     "slc_bwd_dq": dict(G=16, D=44, BG=16, BD=64, BS=64, N=16),
-    "slc_bwd_dkdv": dict(G=16, D=44, BG=16, BD=64, BS=64, N=16, R=model_nsa.SLC_ROWS),  # as it is launched
+    "slc_bwd_dkdv": dict(G=16, D=44, BG=16, BD=64, BS=64, N=16, R=nsa_triton.SLC_ROWS),  # as it is launched
     "cmp_group_probs": dict(G=16, D=44, BD=64, BQ=32, BC=64, PRECISION="tf32"),
     "top_blocks": dict(BR=8, BTS=1024, N=16),
 }
@@ -359,6 +354,7 @@ FLOAT32_POINTERS, INT32_POINTERS = {"LSE", "DELTA", "DK", "DV", "P", "X"}, {"IDX
 INT32_SIZES = {"T", "T0", "W", "R"}  # upper-case arguments that are not pointers
 
 
+@pytest.mark.slow
 def test_triton_kernels_compile_for_an_h100():
     # Triton compiles for a GPU it does not have (its own ptxas): what would fail only on the device,
     # shared memory, layouts, types, fails here (with this machine's Triton, not necessarily the
@@ -367,7 +363,7 @@ def test_triton_kernels_compile_for_an_h100():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     for name, constants in KERNEL_CONSTANTS.items():
-        fn, signature = getattr(model_nsa, name), {}
+        fn, signature = getattr(nsa_triton, name), {}
         for param in fn.params:
             arg = param.name
             signature[arg] = ("constexpr" if param.is_constexpr else "*fp32" if arg in FLOAT32_POINTERS
@@ -389,13 +385,13 @@ def test_triton_path_needs_a_power_of_two_block():
 # -- GPU: the fast paths against the PyTorch path (run on the device machine) -------------
 
 GPU_SHAPES = [
-    dict(n_head=16, n_kv_head=1, head_size=32, cmp_block=64, cmp_stride=64, select_block=64, select_count=8, window=128),
-    dict(n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100),
-    dict(n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100, compression="mlp"),
-    dict(n_head=16, n_kv_head=1, head_size=44, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window=100,
+    dict(n_head=16, n_kv_head=1, head_size=32, cmp_block=64, cmp_stride=64, select_block=64, select_count=8, window_size=128),
+    dict(n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window_size=100),
+    dict(n_head=8, n_kv_head=2, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window_size=100, compression="mlp"),
+    dict(n_head=16, n_kv_head=1, head_size=44, cmp_block=32, cmp_stride=16, select_block=64, select_count=4, window_size=100,
          use_triton=True),
     # the baby config's blocks (config/train_shakespeare_char_nsa.py on CUDA)
-    dict(n_head=16, n_kv_head=1, head_size=44, cmp_block=32, cmp_stride=32, select_block=32, select_count=4, window=64,
+    dict(n_head=16, n_kv_head=1, head_size=44, cmp_block=32, cmp_stride=32, select_block=32, select_count=4, window_size=64,
          use_triton=True, use_fla=False),  # FLA could run these blocks: the config turns it off
 ]
 
@@ -418,7 +414,7 @@ def test_gpu_fast_path_equals_reference(shape):
 def paper_sized_triton(G, D, size, n=16):
     """The paper's blocks (l = d = l', n = 16), G query heads of D on one K/V head, no window."""
     return GPTConfig(n_embd=G * D, n_head=G, n_kv_head=1, cmp_block=size, cmp_stride=size, select_block=size,
-                     select_count=n, window=0, use_triton=True)
+                     select_count=n, window_size=0, use_triton=True)
 
 
 @pytest.mark.gpu
@@ -434,7 +430,7 @@ def test_gpu_triton_selected_branch_at_paper_sizes():
     sel = model_nsa.blocks_as_mask(ids, cfg.n_select_blocks(T))
     go = torch.randn(2, G, T, D, device="cuda")
     qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
-    o = model_nsa.selected_attention(qb, kb, vb, ids, size)
+    o = nsa_triton.selected_attention(qb, kb, vb, ids, size)
     fast = [o, *torch.autograd.grad(o, (qb, kb, vb), go.bfloat16())]
     key = torch.arange(T, device="cuda")
     allowed = (sel[..., key // size] & (key[None, :] <= key[:, None])).repeat_interleave(G, dim=1)
@@ -472,7 +468,7 @@ def test_gpu_compiled_model_equals_eager(use_triton):
     # stays a compiler-disabled call (a graph break), the rest inlined
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=256, vocab_size=65, n_layer=2, n_head=16, n_kv_head=1, head_size=44, n_embd=384,
-                          cmp_block=32, cmp_stride=32, select_block=32, select_count=4, window=64, use_fla=False,
+                          cmp_block=32, cmp_stride=32, select_block=32, select_count=4, window_size=64, use_fla=False,
                           use_triton=use_triton)).cuda()
     for block in model.transformer.h:  # peaked compressed scores, as in test_gpu_fast_path_equals_reference
         block.attn.c_attn.weight.data[:-block.attn.n_kv_head * block.attn.head_dim] *= 4
@@ -484,7 +480,7 @@ def test_gpu_compiled_model_equals_eager(use_triton):
 def test_gpu_triton_path_is_causal():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=256, vocab_size=11, n_layer=2, n_head=16, n_kv_head=1, n_embd=256, cmp_block=16,
-                          cmp_stride=16, select_block=16, select_count=4, window=32, use_fla=False,
+                          cmp_stride=16, select_block=16, select_count=4, window_size=32, use_fla=False,
                           use_triton=True)).cuda()
     assert model.kernel_paths("cuda") == ["flex+triton"]
     assert_causal(model, T=256, device="cuda")
@@ -503,7 +499,7 @@ def test_gpu_fla_kernels_compute_the_reference_branches(D, size, n):
     k, v = (torch.randn(1, T, 1, D, device="cuda").bfloat16() for _ in range(2))
     ones, zeros = torch.ones(1, T, 16, device="cuda").bfloat16(), torch.zeros(1, T, 16, device="cuda").bfloat16()
     cfg = GPTConfig(n_embd=16 * D, n_head=16, n_kv_head=1, cmp_block=size, cmp_stride=size, select_block=size,
-                    select_count=n, window=0)
+                    select_count=n, window_size=0)
     qq, kk, vv = (t.transpose(1, 2) for t in (q, k, v))
     kc, vc = model_nsa.compress(kk, cfg), model_nsa.compress(vv, cfg)
     o_cmp, o_slc, _ = model_nsa.nsa_branches(qq, kk, vv, kc, vc, torch.arange(T, device="cuda"), cfg)
@@ -519,7 +515,7 @@ def test_gpu_fla_kernels_compute_the_reference_branches(D, size, n):
 def test_gpu_graph_decoding_equals_recompute():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=96, vocab_size=65, n_layer=2, n_head=8, n_kv_head=2, n_embd=128, pos_emb="rope",
-                          cmp_block=8, cmp_stride=4, select_block=16, select_count=3, window=10)).cuda().eval()
+                          cmp_block=8, cmp_stride=4, select_block=16, select_count=3, window_size=10)).cuda().eval()
     prompt = torch.randint(0, 65, (2, 10), device="cuda")
     graphed = model.generate(prompt, 120, temperature=0, cuda_graph=True)
     eager = model.generate(prompt, 120, temperature=0, cuda_graph=False)

@@ -151,18 +151,6 @@ def test_bad_config(bad, message):
         GPTConfig(**bad)
 
 
-def test_trains_through_the_runner(shakespeare, tmp_path):
-    from conftest import TINY
-
-    import train_runner
-    m = train_runner.train(None, overrides=dict(TINY, model_type="sparse", pattern="local_global", window=8, n_global=2,
-                                                out_dir=str(tmp_path / "sp"), max_iters=150, lr_decay_iters=150,
-                                                eval_interval=50, batch_size=16))
-    val = [row[2] for row in m["curves"]["val"]]
-    assert m["status"] == "done" and m["kernel_path"] == ["pytorch"]
-    assert val[-1] < val[0] - 0.9
-
-
 # -- GPU: FlexAttention against the PyTorch path (run on the device machine) -------------
 
 @pytest.mark.gpu

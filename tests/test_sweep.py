@@ -190,10 +190,10 @@ def specs_for(**raw):
 
 def test_benchmarked_families_keep_their_own_defaults():
     specs = specs_for(models="linear,sparse,delta_product")
-    assert (specs["linear"]["window"], specs["sparse"]["window"]) == (0, 64)  # the same key, each family's default
+    assert (specs["linear"]["based_window"], specs["sparse"]["window"]) == (0, 64)  # each family's own default
     assert specs["delta_product"]["variant"] == "gated_deltaproduct"  # the registry's preset
     given = specs_for(models="linear,sparse", window="8")
-    assert given["linear"]["window"] == given["sparse"]["window"] == 8
+    assert given["linear"]["based_window"] == 0 and given["sparse"]["window"] == 8  # one name, one meaning
 
 
 def test_workers_share_the_sweep_and_each_run_is_trained_once(tiny_sweep, capfd):
