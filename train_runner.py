@@ -108,18 +108,18 @@ seeds = "1337"
 # `seeds`: error bars for the published numbers at a third of the cost of every rate at every seed
 seeds_at_best = ""
 target_params = 0  # 0: the vanilla entry's parameter count; each family is matched to within 3%
-sweep_dir = ""  # '' = results/<cpu or cuda>
+sweep_dir = ""  # '' = out-bakeoff-<cpu or cuda> (untracked: the main job never writes into results/)
 sweep_workers = 0  # processes that share the sweep's runs; 0 = runs_per_gpu per visible GPU (one on a CPU)
 runs_per_gpu = 1  # sweep workers on each GPU at once: the small models are launch-bound, so several fill it better
 # workers sharing a GPU run as clients of a private NVIDIA MPS daemon (started if nvidia-cuda-mps-control is on PATH,
 # stopped after): their kernels then run on the GPU at once instead of time-slicing, 15-27% more throughput for
-# three CUDA-graphed runs on an H100 (results/h100/sharing). A GPU fault in one client ends the others on that GPU.
+# three CUDA-graphed runs on an H100 (results/h100-sharing). A GPU fault in one client ends the others on that GPU.
 mps = True
 sweep_worker = -1  # set by the sweep for each of its workers
 gpu_share = 1  # set by the sweep: how many of its workers share this one's GPU (a run's tokens/s is its share)
 # bakeoff with several workers: one more process compiles the benchmarks' kernels (each row's first call, nothing
 # measured or written) beside the sweep's runs; the benchmarks then find them in torch's compile caches. Most of
-# their time was compilation (results/h100/bakeoff/timed_f401823). On in config/bakeoff.py's GPU profile (on a
+# their time was compilation (results/h100-bakeoff/timings.md). On in config/bakeoff.py's GPU profile (on a
 # CPU the sweep has one worker, so it never runs).
 warm_benchmarks = False
 # benchmarks: the sweep's models, or for a benchmark stage alone, --models (model_types with these settings)
@@ -470,7 +470,7 @@ EVAL_LOGITS = 2**27  # logits of one evaluation forward, at most: 0.5 GB in floa
 def slice_rows(batch_size, block_size, vocab_size):
     """Rows per evaluation forward: the largest divisor of batch_size (one shape compiles) whose logits stay
     under EVAL_LOGITS. MQAR's batch of 256 x 1024 over 8,192 tokens would otherwise make 8 GiB of float32
-    logits per evaluation, and three runs sharing a GPU ran out of memory on it (results/h100/mqar)."""
+    logits per evaluation, and three runs sharing a GPU ran out of memory on it (results/h100-mqar)."""
     rows = max(1, min(batch_size, EVAL_LOGITS // (block_size * vocab_size)))
     while batch_size % rows:
         rows -= 1
@@ -1265,7 +1265,7 @@ def read_metrics(run_dir):
 
 def sweep_root(cfg):
     device_type = "cuda" if cfg["device"].startswith("cuda") else "cpu"
-    return Path(cfg["sweep_dir"] or Path("results") / device_type)
+    return Path(cfg["sweep_dir"] or f"out-bakeoff-{device_type}")
 
 
 def matched_specs(cfg, sweep_paths, raw):
@@ -1315,7 +1315,7 @@ def sweep(cfg, sweep_paths=(), raw=None):
 
     if cfg["sweep_worker"] < 0:  # the runs of these models that an earlier config trained and this one no
         # longer lists (its bracket went elsewhere, its extra seeds ran at another best rate) are set aside
-        # too: the report counts every run of a model (results/h100/bakeoff kept DeltaNet's runs from before its retuning)
+        # too: the report counts every run of a model (results/h100-bakeoff kept DeltaNet's runs from before its retuning)
         earlier = []
         for name in specs:
             for out in root.glob(f"runs/{name}_lr*/"):
@@ -1391,7 +1391,7 @@ def claims(root, runs):
     First one run of each model that no worker has begun, in models_to_test order: every model so compiles
     early, while others train, and its later runs find it in the compile cache. (Each worker walking the runs
     from a model of its own, the three NSA runs began together at the end of the sweep and compiled for 70 s
-    with the GPU idle: results/h100/bakeoff/whole_aa1ff15.) Then the longest runs first, each priced at its
+    with the GPU idle: results/h100-bakeoff/timings.md.) Then the longest runs first, each priced at its
     iterations times its model's ms/iter so far, so that the sweep ends on short runs that finish together
     (in models_to_test order, two 205 s Gated DeltaProduct runs began with 293 and 258 s of the sweep left, and
     the last NSA run trained alone for 54 s: whole_14815e1). A model that has not reported a speed yet is
@@ -1422,7 +1422,7 @@ def sweep_eta(root, runs, workers):
     """Minutes until the runs are finished, or None before any has: each unfinished run (one in progress
     too) priced at the mean wall time of its model's finished runs, or of all finished runs where its model
     has none yet, shared by the workers. (Pricing every run alike said 1.3 min with NSA's and Gated
-    DeltaProduct's six runs, 3-5 minutes each, still to go: results/h100/bakeoff/timed_71de65b.)"""
+    DeltaProduct's six runs, 3-5 minutes each, still to go: results/h100-bakeoff/timings.md.)"""
     done, todo = {}, []
     for folder, model, _, _ in runs:
         m = read_metrics(root / "runs" / folder)
@@ -1460,7 +1460,7 @@ def best_tried_lr(root, name, tried, seeds):
 
 
 # settings that choose how a run's function is computed, not which: a run trained with other values stands
-KERNEL_KEYS = {"attn_impl", "chunk_size", "scan_from", "use_fla", "use_flex", "use_triton"}
+KERNEL_KEYS = {"attn_impl", "chunk_size", "scan_from", "use_fla", "linear_fla", "use_flex", "use_triton"}
 # what makes a run's result besides its family's model fields
 TRAINING_KEYS = ("model_type", "dataset", "batch_size", "gradient_accumulation_steps", "learning_rate", "max_iters",
                  "lr_decay_iters", "warmup_iters", "min_lr", "decay_lr", "weight_decay", "beta1", "beta2", "grad_clip", "seed")
@@ -2091,7 +2091,7 @@ def inspect(cfg, dataset=None):
         ax.set_axis_off()
     import model_nsa  # NSA's reads depend on content: one draw of random queries and keys
     nsa = model_nsa.GPTConfig(n_embd=64, n_head=4, n_kv_head=1, cmp_block=8, cmp_stride=8, select_block=8,
-                              select_count=3, window=w)
+                              select_count=3, window_size=w)
     gen = torch.Generator().manual_seed(0)
     q, k = torch.randn(1, 4, T, 16, generator=gen), torch.randn(1, 1, T, 16, generator=gen)
     axes[-1].imshow(model_nsa.full_resolution_keys(q, k, nsa)[0, 0], cmap="Greys")

@@ -15,17 +15,17 @@ if device == "cpu":  # noqa: F821 (train_runner settles `device` before reading 
     block_size, batch_size, n_embd, mqar_widths = 64, 32, 64, "32,64"
     learning_rate, min_lr, max_iters, lr_decay_iters, learning_rates = 3e-3, 3e-4, 600, 600, "3e-3"
     eval_interval, eval_iters, log_interval, compile = 200, 5, 100, False
-    sweep_dir = "results/mqar-cpu"
+    sweep_dir = "out-mqar-cpu"
 else:
     block_size, batch_size, n_embd, mqar_widths = 1024, 256, 128, "64,128,256"
     learning_rate, min_lr, max_iters, lr_decay_iters = 3e-3, 3e-4, 4000, 4000
     # log-spaced as Zoology's 1e-3 ... 10^-1.5, one step lower too: softmax at width 128 learned at none of
-    # 1e-3 ... 1e-2 in 4000 iterations (results/h100/mqar), and Zoology's own width-128 runs go down to 1e-4
+    # 1e-3 ... 1e-2 in 4000 iterations (results/h100-mqar), and Zoology's own width-128 runs go down to 1e-4
     learning_rates = "3.2e-4,1e-3,3.2e-3,1e-2"
-    # where a family's best at a width is the lowest or highest of these (8 of the 15 in results/h100/mqar),
+    # where a family's best at a width is the lowest or highest of these (8 of the 15 in results/h100-mqar),
     # one more run a grid step past it: 1e-4 below, 3.2e-2 (Zoology's top, 10^-1.5) above
     lr_bracket = 1
     # 2-layer models up to 256 wide leave an H100 idle between launches: three runs share it
-    # (results/h100/sharing: 2x the throughput for a launch-bound model)
+    # (results/h100-sharing: 2x the throughput for a launch-bound model)
     runs_per_gpu = 3
-    sweep_dir = "results/mqar"
+    sweep_dir = "out-mqar-gpu"

@@ -7,10 +7,10 @@ model_type = "delta"
 out_dir = "out-shakespeare-char-delta"
 variant = "deltanet"
 # FLA's kernels are PyTorch operators here (no graph break): the step replays as CUDA graphs, 15.39
-# ms/iter alone on the H100 against 26.28 without them (results/h100/delta, kept_5656c55)
+# ms/iter alone on the H100 against 26.28 without them (results/h100-delta)
 compile_mode = "reduce-overhead"
 if n_embd == 384:  # noqa: F821 (set by the base file)
-    # tuned on the H100 (results/h100/delta, tune_rounds.json, rounds 1-11): it overfits from iter ~750 and
+    # tuned on the H100 (results/h100-delta, tune_rounds.json, rounds 1-11): it overfits from iter ~750 and
     # the short convolutions make it worse, so none, and a schedule ending at 1500. At 1e-3 with dropout 0.3
     # and weight decay 0.5 its mean over seeds was 1.5126 (the published bake-off), at 3e-3 1.5009 over five
     # seeds (rounds 9-10, best evaluations at ~1100, overfitting after). At 3e-3 with dropout 0.35 and weight

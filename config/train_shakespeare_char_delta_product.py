@@ -11,4 +11,4 @@ if n_embd == 384:  # noqa: F821 (set by the base file)
     n_head, head_k_dim, head_v_dim = 4, 64, 48
 # train_runner's compile_mode, reduce-overhead, replays its step as CUDA graphs: the PyTorch form (FLA's
 # gated kernels refuse the H100's triton 3.6) trained at 23.7 ms/iter alone there, 57.2 without graphs
-# (results/h100/speed_7cb4cb7, delta/)
+# (results/h100-delta)

@@ -8,10 +8,10 @@ out_dir = "out-shakespeare-char-gated-delta"
 variant = "gated_deltanet"
 head_k_dim, head_v_dim = (32, 64) if n_embd == 384 else (0, 0)  # noqa: F821 (set by the base file)
 # the PyTorch form (FLA's gated kernels refuse the H100's triton 3.6) has no graph breaks: CUDA graphs
-# replay its launch-bound step at 15.4 ms/iter alone on the H100 (results/h100/delta)
+# replay its launch-bound step at 15.4 ms/iter alone on the H100 (results/h100-delta)
 compile_mode = "reduce-overhead"
 if n_embd == 384:  # noqa: F821 (set by the base file)
-    # tuned on the H100 (results/h100/delta/tune_rounds.json): every delta-rule model fits the training
+    # tuned on the H100 (results/h100-delta): every delta-rule model fits the training
     # set fast and overfits from iter ~750, and the short convolutions make it worse. Without them, at
     # dropout 0.3 and 5e-4 on a schedule ending at 1500: best val 1.4775 (seed 1337), 1.4863 (1338, at
     # 1400 of 1500), against 1.5044-1.5159 with them and 1.5101 on the 3000-iteration schedule.
