@@ -464,3 +464,16 @@ def test_sweep_eta_prices_each_unfinished_run_at_its_models_mean(tmp_path):
         train_runner.write_json(tmp_path / "runs" / folder / "metrics.json", dict(status=status, wall_time_s=seconds))
     # left: slow_1 at slow's 300 s, new_1 at the mean of every finished run (140 s), two workers sharing them
     assert train_runner.sweep_eta(tmp_path, runs, 2) == pytest.approx((300 + 140) / 2 / 60)
+
+
+def test_a_bad_setting_inside_a_run_stops_the_sweep_instead_of_failing_each_run(tiny_sweep, monkeypatch):
+    cfg, paths, raw = tiny_sweep
+    cfg = dict(cfg, models_to_test="vanilla,linear")
+
+    def refuses(run_cfg, *a, **k):
+        raise train_runner.UserError("a setting this run cannot take")
+    monkeypatch.setattr(train_runner, "run", refuses)
+    with pytest.raises(train_runner.UserError, match="a setting this run cannot take"):
+        train_runner.sweep(cfg, paths, dict(raw, models_to_test="vanilla,linear"))
+    runs = train_runner.sweep_root(cfg) / "runs"
+    assert not [p for p in runs.glob("*/metrics.json") if json.loads(p.read_text()).get("status") == "failed"]

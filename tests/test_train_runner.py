@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import model as model_module
 import train_runner
@@ -348,3 +349,46 @@ def test_whole_split_evaluation_is_the_exact_mean_over_every_target():
         got = train_runner.evaluate(m, {"val": {"inputs": X, "targets": Y}}, 4, 16, 0, 7, contextlib.nullcontext(),
                                     splits=("val",), group=1, vocab_size=vocab_size)
         assert got["val"] == pytest.approx(exact.item(), rel=1e-5)
+
+
+def grad_norms_at_each_step(fn):
+    """fn() with a hook on every optimizer step: the total gradient norm the step is about to apply."""
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return norms
+
+
+def test_gradient_clipping_bounds_every_step(shakespeare, tmp_path):
+    norms = grad_norms_at_each_step(lambda: train(None, overrides=dict(
+        TINY, out_dir=str(tmp_path / "clip"), grad_clip=1e-3, max_iters=4, eval_interval=4)))
+    assert len(norms) == 4 and all(n <= 1e-3 * (1 + 1e-4) for n in norms), norms
+    free = grad_norms_at_each_step(lambda: train(None, overrides=dict(
+        TINY, out_dir=str(tmp_path / "free"), grad_clip=0.0, max_iters=4, eval_interval=4)))
+    assert min(free) > 1e-2  # the bound above is the clipping's, not the gradients' own size
+
+
+def test_accumulated_micro_steps_average_to_one_batch(shakespeare, tmp_path, monkeypatch):
+    # every micro-step sees the same batch: the accumulated gradient must equal one micro-step's (their mean),
+    # not gradient_accumulation_steps times it
+    real, fixed = train_runner.get_batch, {}
+
+    def same_batch(data, batch_size, block_size, generator):
+        if batch_size not in fixed:
+            fixed[batch_size] = real(data, batch_size, block_size, generator)
+        return fixed[batch_size]
+    monkeypatch.setattr(train_runner, "get_batch", same_batch)
+    first = {}
+    for steps in (1, 4):
+        norms = grad_norms_at_each_step(lambda: train(None, overrides=dict(
+            TINY, out_dir=str(tmp_path / f"acc{steps}"), gradient_accumulation_steps=steps, grad_clip=0.0, max_iters=1,
+            eval_interval=1)))
+        first[steps] = norms[0]
+    assert first[4] == pytest.approx(first[1], rel=1e-5)
