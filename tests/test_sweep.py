@@ -180,7 +180,7 @@ def test_bakeoff_config_is_the_default_job():
     gpu = configure(train_runner.DEFAULTS, [str(ROOT / "config" / "bakeoff.py")], raw_overrides={"device": "cuda"})
     # the model configs' own lengths apply; rates chosen on one seed, two more at each best rate
     assert gpu["max_iters"] == 3000 and gpu["seeds"] == "1337" and len(gpu["seeds_at_best"].split(",")) == 2
-    assert gpu["runs_per_gpu"] == 3 and cfg["runs_per_gpu"] == 1  # shared GPUs: results/h100/sharing
+    assert gpu["runs_per_gpu"] == 3 and cfg["runs_per_gpu"] == 1  # shared GPUs: results/h100-sharing
     assert gpu["lr_bracket"] == 2 and cfg["lr_bracket"] == 1
 
 
