@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
+from lab import UserError, checkpoint, command_line, data
+from lab.settings import configure_script, parse_argv
 from model import generate_by_recompute
-from train_runner import UserError, codec, configure, model_from_checkpoint, parse_argv, read_checkpoint
 
 # -----------------------------------------------------------------------------
 out_dir = "out-shakespeare-char"
@@ -49,36 +50,34 @@ def timed(fn, device_type):
 
 def main(argv):
     paths, raw = parse_argv(argv)
-    cfg = configure(DEFAULTS, paths, raw_overrides=raw, family_keys=False)
-    dev = cfg["device"]
+    cfg = configure_script(DEFAULTS, paths, raw)
+    dev = cfg.device
     device_type = "cuda" if dev.startswith("cuda") else "cpu"
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device='cuda' but this machine has no CUDA GPU: use --device=cpu")
-    dt = cfg["dtype"] if cfg["dtype"] != "auto" else (
+    dt = cfg.dtype if cfg.dtype != "auto" else (
         "bfloat16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "float32")
-    ckpt_path = Path(cfg["out_dir"]) / "ckpt.pt"
-    ckpt = read_checkpoint(ckpt_path)
-    model = model_from_checkpoint(ckpt, ckpt_path).to(dev).eval()
-    if cfg["compile"]:
+    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+    ckpt = checkpoint.read(ckpt_path)
+    model = checkpoint.model_from(ckpt, ckpt_path).to(dev).eval()
+    if cfg.compile:
         model.step = torch.compile(model.step, dynamic=False)
-    encode, decode = codec(ckpt)
-    text = cfg["start"]
+    encode, decode = data.codec(checkpoint.meta(ckpt))
+    text = cfg.start
     if text.startswith("FILE:"):
         text = Path(text[5:]).read_text(encoding="utf-8")
     idx = torch.tensor([encode(text)], dtype=torch.long, device=dev)
     if idx.numel() == 0:
         raise UserError("the prompt is empty: give --start some text")
-    top_k = cfg["top_k"] or None
+    top_k = cfg.top_k or None
     autocast = torch.autocast(device_type, dtype=getattr(torch, dt), enabled=dt != "float32")
-    torch.manual_seed(cfg["seed"])
-    n = cfg["max_new_tokens"]
+    torch.manual_seed(cfg.seed)
+    n = cfg.max_new_tokens
     print(f"{ckpt['model_type']} model from {ckpt_path} (iter {ckpt['iter_num']}), {dev}, {dt}")
 
-    if cfg["bench"]:
-        modes = {"no cache (recompute)": lambda: generate_by_recompute(model, idx, n, cfg["temperature"], top_k),
-                 "cache, eager": lambda: model.generate(idx, n, cfg["temperature"], top_k, cuda_graph=False)}
+    if cfg.bench:
+        modes = {"no cache (recompute)": lambda: generate_by_recompute(model, idx, n, cfg.temperature, top_k),
+                 "cache, eager": lambda: model.generate(idx, n, cfg.temperature, top_k, cuda_graph=False)}
         if device_type == "cuda":
-            modes["cache + CUDA graph"] = lambda: model.generate(idx, n, cfg["temperature"], top_k, cuda_graph=True)
+            modes["cache + CUDA graph"] = lambda: model.generate(idx, n, cfg.temperature, top_k, cuda_graph=True)
         results = {}
         with autocast:
             for name, fn in modes.items():
@@ -87,23 +86,19 @@ def main(argv):
                 results[name] = 1e3 * runs[1] / n
                 print(f"{name:>22}: {results[name]:.3f} ms/token (median of 3, {n} new tokens, batch 1)")
         print(json.dumps({"model_type": ckpt["model_type"], "prompt_tokens": idx.shape[1], "new_tokens": n,
-                          "compiled_step": cfg["compile"], "top_k": top_k, "temperature": cfg["temperature"],
+                          "compiled_step": cfg.compile, "top_k": top_k, "temperature": cfg.temperature,
                           "device": torch.cuda.get_device_name() if device_type == "cuda" else "cpu",
                           "dtype": dt, "ms_per_token": results}))
         return
 
-    for i in range(cfg["num_samples"]):
+    for i in range(cfg.num_samples):
         with autocast:
-            out, secs = timed(lambda: model.generate(idx, n, cfg["temperature"], top_k,
-                                                     cuda_graph=cfg["cuda_graph"] and device_type == "cuda"), device_type)
+            out, secs = timed(lambda: model.generate(idx, n, cfg.temperature, top_k,
+                                                     cuda_graph=cfg.cuda_graph and device_type == "cuda"), device_type)
         print(decode(out[0].tolist()))
         note = " (includes warm-up and CUDA-graph capture; --bench=True times decoding alone)" if i == 0 else ""
         print(f"--------------- {n} tokens in {secs:.2f} s: {1e3 * secs / max(n, 1):.2f} ms/token{note}")
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    command_line(main, sys.argv[1:])

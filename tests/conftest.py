@@ -1,4 +1,6 @@
+import random
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,18 +11,26 @@ sys.path.insert(0, str(ROOT))
 
 import train_runner  # noqa: E402
 
+# The tests' own prepared datasets: whatever data/ holds (prepared or not, from any input) changes no test.
+TEST_DATA = Path(tempfile.mkdtemp(prefix="attention-lab-tests-"))
 # A model small enough that a run takes a second or two on 2 CPU cores.
-TINY = dict(n_layer=2, n_head=4, n_embd=32, block_size=32, batch_size=8, dropout=0.0, eval_iters=2,
+TINY = dict(data_dir=str(TEST_DATA), n_layer=2, n_head=4, n_embd=32, block_size=32, batch_size=8, dropout=0.0, eval_iters=2,
             eval_interval=10, log_interval=5, max_iters=20, lr_decay_iters=20, warmup_iters=2,
             learning_rate=1e-2, min_lr=1e-3, compile=False, device="cpu", dtype="float32")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="also run the tests marked slow (CI does)")
+
+
 def pytest_collection_modifyitems(config, items):
-    if not torch.cuda.is_available():
-        skip = pytest.mark.skip(reason="needs a CUDA GPU")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+    gpu = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU")
+    slow = None if config.getoption("--runslow") else pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if gpu and "gpu" in item.keywords:
+            item.add_marker(gpu)
+        if slow and "slow" in item.keywords:
+            item.add_marker(slow)
 
 
 def pytest_configure(config):
@@ -28,16 +38,28 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: longer than a few seconds on 2 CPU cores")
 
 
+def corpus():
+    """TinyShakespeare where this checkout has it (CI copies it in), else a made-up text of 65 characters."""
+    real = ROOT / "data" / "shakespeare_char" / "input.txt"
+    if real.exists():
+        return real.read_text()
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 7))) for _ in range(300)]
+    lines = (" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))).capitalize() + rng.choice(".,;:!?'-&$3")
+             for _ in range(20000))
+    return "ABCDEFGHIJKLMNOPQRSTUVWXYZ\n" + "\n".join(lines) + "\n"
+
+
 @pytest.fixture(scope="session")
 def shakespeare():
-    """The char-level dataset, prepared from data/shakespeare_char/input.txt (CI copies it in)."""
-    folder = ROOT / "data" / "shakespeare_char"
+    """The char-level dataset, prepared into the tests' own data folder (TINY's data_dir)."""
+    folder = TEST_DATA / "shakespeare_char"
     if not (folder / "train.bin").exists():
-        if not (folder / "input.txt").exists():
-            pytest.skip("data/shakespeare_char/input.txt is missing (.ci/run copies it in)")
-        sys.path.insert(0, str(folder))
+        sys.path.insert(0, str(ROOT / "data" / "shakespeare_char"))
         from prepare import prepare
-        prepare()
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "input.txt").write_text(corpus())
+        prepare(input_path=folder / "input.txt", out_dir=folder)
     return folder
 
 

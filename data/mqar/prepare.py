@@ -1,8 +1,8 @@
 """
 Multi-query associative recall (MQAR; Zoology, Arora et al. 2023) -> train.npz / val.npz and meta.pkl.
 
-    python data/mqar/prepare.py                    # Zoology's standard setting (vocab 8,192; seq 64-1024)
-    python data/mqar/prepare.py --profile=small    # a reduced form for a CPU: vocab 256, sequences of 32-64
+    python data/mqar/prepare.py                    # the gpu profile: Zoology's setting (vocab 8,192; seq 64-1024)
+    python data/mqar/prepare.py --profile=cpu      # a reduced form for a CPU: vocab 256, sequences of 32-64
 
 A sequence starts with num_kv_pairs key-value pairs (k1 v1 k2 v2 ...; keys drawn without replacement
 from the lower half of the vocabulary, values from the upper half). In the rest of the sequence each
@@ -26,11 +26,11 @@ HERE = Path(__file__).resolve().parent
 VOCAB = 8192
 # vocabulary, and slices of (seq_len, num_kv_pairs, examples)
 PROFILES = {
-    "zoology": {"vocab": VOCAB,
+    "gpu": {"vocab": VOCAB,
                 "train": [(64, 4, 100_000), (128, 8, 20_000), (256, 16, 20_000), (256, 32, 20_000), (256, 64, 20_000)],
                 "val": [(64, 4, 1_000), (64, 8, 1_000), (64, 16, 1_000), (128, 32, 1_000), (256, 64, 1_000),
                         (512, 128, 1_000), (1024, 256, 1_000)]},
-    "small": {"vocab": 256, "train": [(32, 4, 8_000), (64, 8, 8_000)], "val": [(32, 4, 300), (64, 8, 300), (64, 16, 300)]},
+    "cpu": {"vocab": 256, "train": [(32, 4, 8_000), (64, 8, 8_000)], "val": [(32, 4, 300), (64, 8, 300), (64, 16, 300)]},
 }
 
 
@@ -79,16 +79,16 @@ def atomic_save(path, write):
     os.replace(tmp, path)
 
 
-def prepare(profile="zoology", out_dir=HERE):
+def prepare(profile="gpu", out_dir=HERE):
     out_dir = Path(out_dir)
     for seed, split in enumerate(("train", "val")):  # different seeds: no test sequence is a training one
         data = make_split(PROFILES[profile][split], seed=seed + 1, vocab_size=PROFILES[profile]["vocab"])
         atomic_save(out_dir / f"{split}.npz", lambda f, d=data: np.savez(f, **d))
         print(f"{split}: {len(data['inputs']):,} sequences of up to {data['inputs'].shape[1]} tokens")
-    atomic_save(out_dir / "meta.pkl", lambda f: pickle.dump({"vocab_size": PROFILES[profile]["vocab"], "mqar_profile": profile}, f))
+    atomic_save(out_dir / "meta.pkl", lambda f: pickle.dump({"vocab_size": PROFILES[profile]["vocab"], "profile": profile}, f))
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", choices=sorted(PROFILES), default="zoology")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="gpu")
     prepare(ap.parse_args().profile)

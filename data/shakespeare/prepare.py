@@ -5,11 +5,12 @@ TinyShakespeare with GPT-2's BPE (tiktoken) -> train.bin / val.bin (uint16), as 
 
 Text: --input PATH, else input.txt beside this file, else a download. tiktoken
 fetches its GPT-2 merges on first use, so the first run needs the network.
-No meta.pkl: train_runner.py then uses GPT-2's vocabulary padded to 50,304,
-and sample.py decodes with tiktoken.
+meta.pkl gives GPT-2's vocabulary padded to a multiple of 64 (50,304) and names
+the tokenizer, so sample.py decodes with tiktoken.
 """
 
 import argparse
+import pickle
 import sys
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def prepare(input_path=None, out_dir=HERE):
         ids = np.array(enc.encode_ordinary(part), dtype=np.uint16)
         atomic_write_bytes(Path(out_dir) / f"{split}.bin", ids.tobytes())
         print(f"{split}: {len(ids):,} tokens")
+    meta = {"vocab_size": 50304, "tokenizer": "gpt2"}  # GPT-2's 50,257 tokens, padded to a multiple of 64
+    atomic_write_bytes(Path(out_dir) / "meta.pkl", pickle.dumps(meta))
 
 
 if __name__ == "__main__":
