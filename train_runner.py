@@ -196,66 +196,32 @@ def train(config=None, overrides=None, raw=None, prefix="", group=None):
     ddp, master = world > 1, rank == 0
     micro_steps = s.gradient_accumulation_steps // world
     say = print if master else (lambda *a, **k: None)
-
-    # everything that can fail on bad input happens before the first write; rank 0 prepares the data first
-    if ddp and not master:
-        torch.distributed.barrier()
-    splits = data.load(s, device)
-    if ddp and master:
-        torch.distributed.barrier()
-    vocab_size = data.vocab_size(s)
-    torch.manual_seed(s.seed)
-    model = families.build(s.model_type, s.model_args(), vocab_size)
-    ckpt = checkpoint.read(ckpt_path) if s.init_from == "resume" else None
-    if ckpt is not None:
-        checkpoint.check_resumable(ckpt, ckpt_path, s.model_type, model)
-        model = checkpoint.model_from(ckpt, ckpt_path)
-    trackers.check(s)
+    splits, raw_model, ckpt = load_inputs(s, ckpt_path, device, ddp, master)  # every check, before the first write
 
     torch.manual_seed(s.seed)
     if s.device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = s.tf32
-    model.to(device)
-    optimizer = model.configure_optimizers(s.weight_decay, s.learning_rate, (s.beta1, s.beta2), s.device_type)
+    raw_model.to(device)
+    optimizer = raw_model.configure_optimizers(s.weight_decay, s.learning_rate, (s.beta1, s.beta2), s.device_type)
     data_gen = torch.Generator(device=device).manual_seed(s.seed + rank)  # each process its own batches
     iter_num, best_val_loss = 0, float("inf")
     curves = {"train": [], "val": []}  # rows: [iter, loss, lr] and [iter, train_loss, val_loss, seconds]
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        iter_num, best_val_loss, curves = ckpt["iter_num"], ckpt["best_val_loss"], ckpt["curves"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if s.device_type == "cuda" and ckpt["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        if master and ckpt["rng"]["data"].numel() == data_gen.get_state().numel():
-            data_gen.set_state(ckpt["rng"]["data"])
+        iter_num, best_val_loss, curves = restore(s, ckpt, optimizer, data_gen, master)
         say(prefix + f"resuming {s.model_type} from {ckpt_path} at iter {iter_num}")
         del ckpt
-    raw_model = model
-    if s.compile:  # static shapes: training's and evaluation's batches each keep one shape
-        model = torch.compile(model, mode=None if s.compile_mode == "default" else s.compile_mode, dynamic=False)
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if s.device_type == "cuda" else None)
-    # compiled with CUDA graphs, each forward starts a new graph step (a no-op in the other modes)
-    new_step = torch.compiler.cudagraph_mark_step_begin if s.compile else (lambda: None)
-    # A backward replayed as a CUDA graph hands its gradients out in memory that the next replay reuses: with
-    # several micro-steps the gradients stay allocated and each one is added in (pytorch#169545)
-    keep_grads = s.compile and s.compile_mode == "reduce-overhead" and s.device_type == "cuda" and micro_steps > 1
-    if keep_grads:
-        for p in raw_model.parameters():
-            p.grad = torch.zeros_like(p)
+    model, new_step, keep_grads = for_training(s, raw_model, device, ddp, micro_steps)
     autocast = torch.autocast(device_type=s.device_type, dtype=getattr(torch, s.dtype), enabled=s.dtype != "float32")
     scaler = torch.amp.GradScaler(s.device_type, enabled=s.dtype == "float16")
     # a dataset of whole sequences trains on its train split's width (MQAR's: 256), not on block_size
     train_len = splits["train"]["inputs"].shape[1] if isinstance(splits["train"], dict) else s.block_size
     tokens_per_iter = s.gradient_accumulation_steps * s.batch_size * train_len  # across all processes
-    flops_per_iter = raw_model.estimate_flops_per_token(train_len) * tokens_per_iter
-    peak = peak_flops(s.device_type)
+    record = Record(s, out, raw_model, curves, raw_model.estimate_flops_per_token(train_len) * tokens_per_iter,
+                    tokens_per_iter, peak_flops(s.device_type), device, write=master)
     say(prefix + f"{s.model_type}: {raw_model.get_num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter, "
         f"device {device}{f' x {world} processes' if ddp else ''}, {s.dtype}, compile={s.compile}, "
         f"kernels: {', '.join(raw_model.kernel_paths(s.device_type))}")
     tracker = trackers.Tracker(s, s.wandb_run_name or s.model_type, trackers.run_tags(s), group, enabled=master)
-    record = Record(s, out, raw_model, curves, flops_per_iter, tokens_per_iter, peak, device, write=master)
 
     def diverged(value):
         tracker.finish(record.write("diverged", iter_num, best_val_loss))
@@ -269,20 +235,9 @@ def train(config=None, overrides=None, raw=None, prefix="", group=None):
         for param_group in optimizer.param_groups:
             param_group["lr"] = lr
         if iter_num % s.eval_interval == 0 or iter_num == s.max_iters:
-            model.eval()
-            losses = data.evaluate(model, splits, s.batch_size, s.block_size, s.eval_iters, s.seed + 1, autocast, new_step,
-                                   group=s.eval_group, vocab_size=vocab_size, windows=s.eval_windows)
-            recall = ""
-            if isinstance(splits["val"], dict):  # whole sequences with targets at some positions (MQAR): accuracy there
-                record.accuracy = data.recall_accuracy(raw_model, splits["val"], s.batch_size, autocast, vocab_size)
-                curves.setdefault("val_accuracy", []).append([iter_num, record.accuracy["all"]])
-                recall = f", val accuracy {record.accuracy['all']:.3f}"
-            model.train()
-            say(prefix + f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{recall}")
+            losses = evaluate_now(s, model, raw_model, splits, autocast, new_step, record, iter_num, prefix, say)
             if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
                 raise diverged(losses["val"])
-            if not curves["val"] or curves["val"][-1][0] != iter_num:
-                curves["val"].append([iter_num, losses["train"], losses["val"], record.seconds()])
             tracker.log({"train/loss": losses["train"], "val/loss": losses["val"], "lr": lr}, iter_num)
             if iter_num > 0 and (losses["val"] < best_val_loss or s.always_save_checkpoint):
                 best_val_loss = min(best_val_loss, losses["val"])
@@ -293,37 +248,11 @@ def train(config=None, overrides=None, raw=None, prefix="", group=None):
             t0, steps = time.perf_counter(), 0
         if iter_num >= s.max_iters:
             break
-
-        for micro in range(micro_steps):
-            if ddp:  # gradients are averaged across processes once, on the last micro-step (nanoGPT's no_sync)
-                model.require_backward_grad_sync = micro == micro_steps - 1
-            X, Y = data.get_batch(splits["train"], s.batch_size, s.block_size, data_gen)
-            new_step()
-            with autocast:
-                _, loss = model(X, Y)
-            scaler.scale(loss / micro_steps).backward()  # the mean over the micro-steps, as one large batch
-        if s.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        loss = train_step(s, model, optimizer, scaler, splits["train"], data_gen, autocast, new_step, micro_steps, ddp)
         optimizer.zero_grad(set_to_none=not keep_grads)
-        iter_num += 1
-        steps += 1
-
+        iter_num, steps = iter_num + 1, steps + 1
         if iter_num % s.log_interval == 0:
-            if ddp:  # the mean over processes of their last micro-batch's loss
-                loss = loss.detach().clone()
-                torch.distributed.all_reduce(loss)
-                loss /= world
-            lossf = loss.item()  # the one host sync of a logging stretch
-            dt = (time.perf_counter() - t0) / steps
-            record.timings.append(dt * 1e3)
-            curves["train"].append([iter_num, lossf, lr])
-            mfu = f", mfu {100 * flops_per_iter / dt / peak:.1f}%" if peak else ""
-            say(prefix + f"iter {iter_num}: loss {lossf:.4f}, {dt * 1e3:.2f} ms/iter, {tokens_per_iter / dt:,.0f} tokens/s{mfu}")
-            tracker.log({"train/loss_step": lossf, "ms_per_iter": dt * 1e3, "tokens_per_sec": tokens_per_iter / dt,
-                         **({"mfu": flops_per_iter / dt / peak} if peak else {})}, iter_num)
+            lossf = log_step(s, loss, world, record, tracker, iter_num, lr, (time.perf_counter() - t0) / steps, prefix, say)
             if not math.isfinite(lossf):
                 raise diverged(lossf)
             t0, steps = time.perf_counter(), 0
@@ -337,6 +266,108 @@ def train(config=None, overrides=None, raw=None, prefix="", group=None):
     if ddp:
         torch.distributed.destroy_process_group()
     return m
+
+
+def load_inputs(s, ckpt_path, device, ddp, master):
+    """(the splits on the device, the model, the checkpoint to resume or None): everything that can fail on
+    bad input. Rank 0 prepares the data while the other processes wait."""
+    if ddp and not master:
+        torch.distributed.barrier()
+    splits = data.load(s, device)
+    if ddp and master:
+        torch.distributed.barrier()
+    torch.manual_seed(s.seed)
+    model = families.build(s.model_type, s.model_args(), data.vocab_size(s))
+    ckpt = checkpoint.read(ckpt_path) if s.init_from == "resume" else None
+    if ckpt is not None:
+        checkpoint.check_resumable(ckpt, ckpt_path, s.model_type, model)
+        model = checkpoint.model_from(ckpt, ckpt_path)
+    trackers.check(s)
+    return splits, model, ckpt
+
+
+def restore(s, ckpt, optimizer, data_gen, master):
+    """A checkpoint's optimizer and random states put back: (iteration, best val loss, curves)."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if s.device_type == "cuda" and ckpt["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    if master and ckpt["rng"]["data"].numel() == data_gen.get_state().numel():
+        data_gen.set_state(ckpt["rng"]["data"])
+    return ckpt["iter_num"], ckpt["best_val_loss"], ckpt["curves"]
+
+
+def for_training(s, raw_model, device, ddp, micro_steps):
+    """(the model as training calls it: compiled and/or DDP-wrapped, what starts a CUDA-graph step, whether
+    gradients stay allocated between steps)."""
+    model = raw_model
+    if s.compile:  # static shapes: training's and evaluation's batches each keep one shape
+        model = torch.compile(model, mode=None if s.compile_mode == "default" else s.compile_mode, dynamic=False)
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model, device_ids=[torch.device(device).index] if s.device_type == "cuda" else None)
+    # compiled with CUDA graphs, each forward starts a new graph step (a no-op in the other modes)
+    new_step = torch.compiler.cudagraph_mark_step_begin if s.compile else (lambda: None)
+    # A backward replayed as a CUDA graph hands its gradients out in memory that the next replay reuses: with
+    # several micro-steps the gradients stay allocated and each one is added in (pytorch#169545)
+    keep_grads = s.compile and s.compile_mode == "reduce-overhead" and s.device_type == "cuda" and micro_steps > 1
+    if keep_grads:
+        for p in raw_model.parameters():
+            p.grad = torch.zeros_like(p)
+    return model, new_step, keep_grads
+
+
+def train_step(s, model, optimizer, scaler, train_split, data_gen, autocast, new_step, micro_steps, ddp):
+    """One optimizer step over micro_steps batches; the last micro-batch's loss (a tensor: no host sync)."""
+    for micro in range(micro_steps):
+        if ddp:  # gradients are averaged across processes once, on the last micro-step (nanoGPT's no_sync)
+            model.require_backward_grad_sync = micro == micro_steps - 1
+        X, Y = data.get_batch(train_split, s.batch_size, s.block_size, data_gen)
+        new_step()
+        with autocast:
+            _, loss = model(X, Y)
+        scaler.scale(loss / micro_steps).backward()  # the mean over the micro-steps, as one large batch
+    if s.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
+def evaluate_now(s, model, raw_model, splits, autocast, new_step, record, iter_num, prefix, say):
+    """Both splits' losses (and recall accuracy where the data has targets at some positions), added to the curves."""
+    model.eval()
+    vocab_size = raw_model.config.vocab_size
+    losses = data.evaluate(model, splits, s.batch_size, s.block_size, s.eval_iters, s.seed + 1, autocast, new_step,
+                           group=s.eval_group, vocab_size=vocab_size, windows=s.eval_windows)
+    recall = ""
+    if isinstance(splits["val"], dict):  # whole sequences with targets at some positions (MQAR): accuracy there
+        record.accuracy = data.recall_accuracy(raw_model, splits["val"], s.batch_size, autocast, vocab_size)
+        record.curves.setdefault("val_accuracy", []).append([iter_num, record.accuracy["all"]])
+        recall = f", val accuracy {record.accuracy['all']:.3f}"
+    model.train()
+    say(prefix + f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{recall}")
+    if not record.curves["val"] or record.curves["val"][-1][0] != iter_num:
+        record.curves["val"].append([iter_num, losses["train"], losses["val"], record.seconds()])
+    return losses
+
+
+def log_step(s, loss, world, record, tracker, iter_num, lr, dt, prefix, say):
+    """The training loss and speed of a logging stretch, printed, recorded and tracked; the loss as a float."""
+    if world > 1:  # the mean over processes of their last micro-batch's loss
+        loss = loss.detach().clone()
+        torch.distributed.all_reduce(loss)
+        loss /= world
+    lossf = loss.item()  # the one host sync of a logging stretch
+    record.timings.append(dt * 1e3)
+    record.curves["train"].append([iter_num, lossf, lr])
+    mfu = record.flops_per_iter / dt / record.peak if record.peak else None
+    say(prefix + f"iter {iter_num}: loss {lossf:.4f}, {dt * 1e3:.2f} ms/iter, {record.tokens_per_iter / dt:,.0f} tokens/s"
+        + (f", mfu {100 * mfu:.1f}%" if mfu else ""))
+    tracker.log({"train/loss_step": lossf, "ms_per_iter": dt * 1e3, "tokens_per_sec": record.tokens_per_iter / dt,
+                 **({"mfu": mfu} if mfu else {})}, iter_num)
+    return lossf
 
 
 class Record:
