@@ -11,6 +11,7 @@ to a new name. The entry is written beside its final place and renamed into it, 
 results/ as it was.
 """
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -57,9 +58,17 @@ def commits(out):
 
 
 def headline(report):
-    """The first table of the report, its first two columns a row: 'vanilla 1.4587; rope 1.4575; ...'."""
-    rows = [line.strip("|").split("|") for line in report.splitlines() if line.startswith("|")][2:]
-    return "; ".join(" ".join(cell.strip() for cell in row[:2]) for row in rows[:8])
+    """The report's first table as one line: each row's name and its main figure (the column of the best
+    val loss, or of recall accuracy, where the table has one), e.g. 'vanilla 1.4587; rope 1.4575; ...'."""
+    lines = report.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    table = itertools.takewhile(lambda line: line.startswith("|"), lines[start:])
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in table]
+    if len(rows) < 3:
+        return ""
+    header = [h.lower() for h in rows[0]]
+    col = next((i for i, h in enumerate(header) if "best val" in h or "accuracy" in h), 1)
+    return f"{rows[0][col]}: " + "; ".join(f"{row[0]} {row[col]}" for row in rows[2:10] if len(row) > col)
 
 
 def hardware(env):

@@ -469,3 +469,13 @@ def test_bakeoff_config_is_the_default_job():
     assert gpu.out_dir == "out-bakeoff-gpu"
     assert gpu.runs_per_gpu == 3 and cpu.runs_per_gpu == 1  # shared GPUs: results/h100-sharing
     assert gpu.lr_bracket == 2 and cpu.lr_bracket == 1
+
+
+def test_a_job_folder_carried_back_from_a_gpu_is_found_on_a_cpu(tmp_path):
+    s = train_runner.configure(overrides=dict(device="cpu", models="vanilla,sparse", out_dir=str(tmp_path)))
+    here = sweep.report_groups(s)
+    (tmp_path / "job.json").write_text(json.dumps({"stage": "bakeoff", "device_type": "cuda"}))
+    there = sweep.report_groups(s)
+    assert here["vanilla"] != there["vanilla"]  # the device type is part of what makes a run's result
+    for name in ("vanilla", "sparse"):  # the GPU's kernel paths (sparse: flex) name the folder, as the GPU named it
+        assert there[name] == sweep.group_folder(configurator.for_model(s, name), name, "cuda")
