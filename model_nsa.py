@@ -99,8 +99,6 @@ class GPTConfig(model.BackboneConfig):
                              f"read), got {self.select_count}")
         if self.window_size < 0:
             raise ValueError(f"window_size must be >= 0 (0: no window branch), got {self.window_size}")
-        if self.use_triton and nsa_triton.triton is None:
-            raise ValueError("use_triton needs Triton: pip install triton")
         if self.use_triton and not triton_takes(self.select_block):
             raise ValueError(f"use_triton needs select_block a power of two >= 16, got {self.select_block}")
 
@@ -479,6 +477,8 @@ class NSAAttention(model.CausalSelfAttention):
         kc_, vc_ = (per_query_head(kc, self.n_head), per_query_head(vc, self.n_head)) if REPEAT_KV_CMP else (kc, vc)
         o_cmp = flex.compiled_flex_attention(q, kc_, vc_, block_mask=cmp_mask, enable_gqa=kc_.shape[1] != self.n_head)
         if c.use_triton:
+            if nsa_triton.triton is None:  # checked here: a CPU without Triton builds the same model for its reference path
+                raise RuntimeError("use_triton needs Triton on this GPU: pip install triton")
             o_slc = nsa_triton.selected_attention(q, k, v, selection_triton(q, kc, c), c.select_block)
         else:
             o_slc = self._selected_flex(q, k, v, kc)

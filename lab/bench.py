@@ -227,7 +227,8 @@ def run(s, specs=None, warm=False):
     if s.stage not in STAGES:
         raise UserError(f"stage must be one of {', '.join(STAGES)} to benchmark, got '{s.stage}'")
     entries = specs or models_of(s)
-    trackers.check(s)
+    if not warm:  # warming writes nothing and tracks nothing
+        trackers.check(s)
     folder = Path(s.out_dir) / "bench"
     path = folder / f"{s.stage}.json"
     plan = [(name, entry, T, row_key(s, name, entry, T)) for T in lens(s) for name, entry in entries.items()]

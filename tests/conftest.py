@@ -44,10 +44,11 @@ def corpus():
     if real.exists():
         return real.read_text()
     rng = random.Random(0)
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 7))) for _ in range(300)]
+    words = ("the and to of my i you that is in not with me it for be his your this but he have thou so will what "
+             "thy all lord by do no shall if are we our king now sir good come more they how").split()
     lines = (" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))).capitalize() + rng.choice(".,;:!?'-&$3")
              for _ in range(20000))
-    return "ABCDEFGHIJKLMNOPQRSTUVWXYZ\n" + "\n".join(lines) + "\n"
+    return "ABCDEFGHIJKLMNOPQRSTUVWXYZbjpqxz\n" + "\n".join(lines) + "\n"  # every letter, so 65 characters
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ import time
 
 import pytest
 import torch
+from conftest import TINY
 
 import train_runner
 from lab import UserError, bench, sweep
@@ -15,7 +16,7 @@ def bench_settings(tmp_path, **kw):
     """Tiny benchmark settings on the CPU, written under tmp_path."""
     return train_runner.configure(overrides=dict(dict(
         models="vanilla", n_embd=32, n_head=4, n_layer=2, trials=1, decode_trials=1, device="cpu", stage="bench_memory",
-        seq_lens="16,32", decode_lens="8", tokens_per_batch=64, out_dir=str(tmp_path)), **kw))
+        seq_lens="16,32", decode_lens="8", tokens_per_batch=64, out_dir=str(tmp_path), data_dir=TINY["data_dir"]), **kw))
 
 
 def saved_rows(tmp_path, stage):

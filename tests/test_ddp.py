@@ -7,7 +7,8 @@ import sys
 import pytest
 from conftest import ROOT, TINY
 
-ARGS = ["--device=cpu", "--n_layer=2", "--n_head=4", "--n_embd=32", "--block_size=32", "--dropout=0.0", "--eval_iters=4",
+ARGS = ["--device=cpu", "--n_layer=2", "--n_head=4", "--n_embd=32", "--block_size=32", "--dropout=0.0", "--eval_iters=0",
+        "--eval_windows=256",
         "--eval_interval=20", "--log_interval=10", "--max_iters=60", "--lr_decay_iters=60", "--warmup_iters=2",
         "--learning_rate=1e-2", "--min_lr=1e-3", "--compile=False", "--dtype=float32", "--batch_size=8",
         f"--data_dir={TINY['data_dir']}"]

@@ -200,7 +200,7 @@ def test_short_training_on_real_data_learns(tiny_run):
     out, m = tiny_run
     assert m["status"] == "done" and m["iters"] == 20
     losses = [row[1] for row in m["curves"]["train"]]
-    assert losses[-1] < losses[0] - 0.3  # from ~4.2 (uniform over 65 chars) clearly down
+    assert losses[-1] < losses[0] and losses[-1] < math.log(65) - 0.5  # clearly below uniform over 65 characters
     assert m["best_val_loss"] < m["curves"]["val"][0][2] - 0.3
     assert math.isclose(m["val_perplexity"], math.exp(m["best_val_loss"]))
     assert m["params"] > 0 and m["tokens_per_sec"] > 0 and m["peak_memory_mib"] > 0
