@@ -71,6 +71,7 @@ A recurrent family sets `streams = True` and carries its state on forever.
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -95,6 +96,8 @@ class BackboneConfig:
     pos_emb: str = "learned"
     rope_base: float = 10000.0
     short_conv: int = 0  # > 0: each block's mixer input first passes a causal depthwise conv this wide (ShortConv)
+    # the positions a family takes: rope and alibi act on softmax scores, which a recurrent family does not form
+    pos_embs: ClassVar[tuple] = POS_EMBS
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -106,8 +109,8 @@ class BackboneConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
-        if self.pos_emb not in POS_EMBS:
-            raise ValueError(f"pos_emb must be one of {', '.join(POS_EMBS)}; got '{self.pos_emb}'")
+        if self.pos_emb not in self.pos_embs:
+            raise ValueError(f"pos_emb must be one of {', '.join(self.pos_embs)} for this family; got '{self.pos_emb}'")
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise ValueError(f"rope needs an even head dim; got {self.head_dim}")
         if self.short_conv < 0:

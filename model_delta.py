@@ -58,6 +58,7 @@ VARIANTS = ("deltanet", "gated_deltanet", "gated_deltaproduct")
 
 @dataclass
 class GPTConfig(model.BackboneConfig):
+    pos_embs = ("learned", "sinusoidal", "none")  # its short convolution carries order too
     variant: str = "deltanet"
     num_householder: int = 2  # gated_deltaproduct: delta steps per token
     allow_neg_eigval: bool = False  # β in (0, 2) instead of (0, 1)
@@ -74,9 +75,6 @@ class GPTConfig(model.BackboneConfig):
         super().__post_init__()
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; got '{self.variant}'")
-        if self.pos_emb in ("rope", "alibi"):
-            raise ValueError(f"pos_emb='{self.pos_emb}' acts on softmax scores; the delta family takes "
-                             "'learned', 'sinusoidal' or 'none' (its short convolution carries order too)")
         for name in ("num_householder", "conv_size", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -77,6 +77,7 @@ FEATURE_MAPS = {
 
 @dataclass
 class GPTConfig(model.BackboneConfig):
+    pos_embs = ("learned", "sinusoidal", "none")
     feature_map: str = "elu"
     n_features: int = 0  # 0: q and k keep the head dim
     based_window: int = 0  # > 0: add a sliding-window softmax branch over this many tokens (Based); 0: off
@@ -88,9 +89,6 @@ class GPTConfig(model.BackboneConfig):
         super().__post_init__()
         if self.feature_map not in FEATURE_MAPS:
             raise ValueError(f"feature_map must be one of {', '.join(FEATURE_MAPS)}; got '{self.feature_map}'")
-        if self.pos_emb in ("rope", "alibi"):
-            raise ValueError(f"pos_emb='{self.pos_emb}' acts on softmax scores; linear attention takes "
-                             "'learned', 'sinusoidal' or 'none'")
         if self.n_features < 0 or self.based_window < 0 or self.chunk_size < 1:
             raise ValueError("n_features and based_window must be >= 0 and chunk_size >= 1")
         if self.normalize and not FEATURE_MAPS[self.feature_map][2]:

@@ -69,6 +69,7 @@ def per_query_head(t, H):
 
 @dataclass
 class GPTConfig(model.BackboneConfig):
+    pos_embs = ("learned", "sinusoidal", "rope", "none")
     cmp_block: int = 32  # l: tokens per compressed block
     cmp_stride: int = 32  # d: a compressed block starts every d tokens
     select_block: int = 32  # l': tokens per selectable block
@@ -86,8 +87,6 @@ class GPTConfig(model.BackboneConfig):
         super().__post_init__()
         if self.compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}; got '{self.compression}'")
-        if self.pos_emb == "alibi":
-            raise ValueError("pos_emb='alibi' is not supported by the nsa family; use 'rope' or 'learned'")
         for name in ("cmp_block", "cmp_stride", "select_block"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

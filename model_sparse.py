@@ -109,6 +109,7 @@ def fixed_mask(T, stride, summary, causal=True):
 
 @dataclass
 class GPTConfig(model.BackboneConfig):
+    pos_embs = ("learned", "sinusoidal", "rope", "none")
     pattern: str = "sliding_window"
     window: int = 64  # sliding_window, local_global
     n_global: int = 4  # local_global
@@ -121,8 +122,6 @@ class GPTConfig(model.BackboneConfig):
         super().__post_init__()
         if self.pattern not in PATTERNS:
             raise ValueError(f"pattern must be one of {', '.join(PATTERNS)}; got '{self.pattern}'")
-        if self.pos_emb == "alibi":
-            raise ValueError("pos_emb='alibi' is not supported by the sparse family; use 'rope'")
         need = {"sliding_window": ("window",), "local_global": ("window", "n_global"), "strided": ("stride",),
                 "fixed": ("stride", "summary"), "topk": ("topk",)}[self.pattern]
         for name in need:

@@ -225,7 +225,7 @@ def test_deltanet_output_gate_reads_its_own_slice():
 @pytest.mark.parametrize("bad, message", [
     (dict(variant="mamba"), "variant must be one of"),
     (dict(num_householder=0), "num_householder must be >= 1"),
-    (dict(pos_emb="rope"), "the delta family takes"),
+    (dict(pos_emb="rope"), "one of learned, sinusoidal, none for this family"),
     (dict(n_kv_head=2), "no grouped K/V heads"),
     (dict(head_k_dim=-1), "head_k_dim and head_v_dim must be >= 0"),
     (dict(scan_from=-1), "scan_from must be >= 0"),

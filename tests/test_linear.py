@@ -110,7 +110,7 @@ def test_bf16_large_inputs_stay_finite():
     (dict(feature_map="cosine"), "feature_map must be one of"),
     (dict(feature_map="identity"), "use normalize=False"),
     (dict(feature_map="taylor", n_embd=384, n_head=6), "set n_features"),
-    (dict(pos_emb="rope"), "linear attention takes"),
+    (dict(pos_emb="rope"), "one of learned, sinusoidal, none for this family"),
     (dict(based_window=-1), "based_window must be >= 0"),
 ])
 def test_bad_config(bad, message):

@@ -226,7 +226,7 @@ def test_head_size_sets_the_query_key_value_widths():
     (dict(window_size=-1), "window_size must be >= 0"),
     (dict(cmp_stride=0), "cmp_stride must be >= 1"),
     (dict(head_size=-2), "head_size must be >= 0"),
-    (dict(pos_emb="alibi"), "use 'rope'"),
+    (dict(pos_emb="alibi"), "one of learned, sinusoidal, rope, none for this family"),
 ])
 def test_bad_config(bad, message):
     with pytest.raises(ValueError, match=message):

@@ -144,7 +144,7 @@ def test_flops_count_the_attended_keys():
     (dict(pattern="local_global", n_global=256), "n_global .* must be < block_size"),
     (dict(pattern="fixed", stride=4, summary=5), "summary .* must be <= stride"),
     (dict(pattern="topk", topk=0), "topk must be >= 1"),
-    (dict(pos_emb="alibi"), "use 'rope'"),
+    (dict(pos_emb="alibi"), "one of learned, sinusoidal, rope, none for this family"),
 ])
 def test_bad_config(bad, message):
     with pytest.raises(ValueError, match=message):
