@@ -21,6 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
 LEFT_OUT = ("ckpt.pt", ".claimed")  # large, or only meaningful while a job runs
 REPORTS = {"bakeoff": "bakeoff.md", "sweep": "param_matching.md", "mqar": "mqar.md"}
+WHAT = {"bakeoff": "the bake-off: every model parameter-matched and swept over learning rates, decoding and memory benchmarks",
+        "sweep": "a parameter-matched sweep over learning rates and seeds",
+        "mqar": "multi-query associative recall against width and state size"}
 
 
 def target(s):
@@ -80,15 +83,18 @@ def entry_readme(name, job, report, made_at):
     env = job.get("environment", {})
     return "\n".join([
         f"# {name}", "",
-        f"What: the `{job['stage']}` job. Hardware: {hardware(env)}; torch {env.get('torch')}, Python {env.get('python')}.",
+        f"What: {WHAT.get(job['stage'], job['stage'])}.", "",
+        f"Hardware: {hardware(env)}; torch {env.get('torch')}, Python {env.get('python')}.", "",
         f"Runs trained at commit(s) {', '.join(made_at) or env.get('git_commit')}; every table below comes from this one job.",
-        "", "Command:", "", "    " + job["command"], "", report.strip(), ""])
+        "", "Command, at that commit:", "", "    " + job["command"], "",
+        *("#" + line if line.startswith("#") else line for line in report.strip().splitlines()), ""])  # under the title
 
 
-def index_row(name, job, report):
+def index_row(name, job, report, made_at):
     env = job.get("environment", {})
-    return (f"| [{name}]({name}/README.md) | the `{job['stage']}` job | {hardware(env)} | "
-            f"`{job['command']}` | {headline(report)} |")
+    commits = ", ".join(made_at) or env.get("git_commit")
+    return (f"| [{name}]({name}/README.md) | {WHAT.get(job['stage'], job['stage'])} | {hardware(env)} | "
+            f"at commit {commits}: `{job['command']}` | {headline(report)} |")
 
 
 def publish(s):
@@ -101,7 +107,7 @@ def publish(s):
     shutil.copytree(out, staging, ignore=shutil.ignore_patterns(*LEFT_OUT))
     files.write_text(staging / "README.md", entry_readme(dest.name, job, report, made_at))
     index = RESULTS / "README.md"
-    rows = index.read_text().rstrip("\n") + "\n" + index_row(dest.name, job, report) + "\n"
+    rows = index.read_text().rstrip("\n") + "\n" + index_row(dest.name, job, report, made_at) + "\n"
     staging.rename(dest)
     files.write_text(index, rows)
     print(f"published {out} into {dest} (and a row in {index}); review and commit it")

@@ -109,17 +109,6 @@ def read_metrics(run_dir):
     return files.read_json(Path(run_dir) / "metrics.json", {})
 
 
-def tried_rates(root, group):
-    """The learning rates a model's folder holds runs of (the grid's and any bracketing round's)."""
-    rates = set()
-    for run in (root / "runs" / group).glob("lr*_s*"):
-        try:
-            rates.add(float(run.name[2:].rsplit("_s", 1)[0]))
-        except ValueError:
-            continue
-    return rates
-
-
 def write_matching(root, target, table):
     lines = files.markdown_table(["model", "layers", "heads", "width", "params", "off target"],
                                  ([r["model"], r["n_layer"], r["n_head"], r["n_embd"], f"{r['params']:,}",

@@ -53,8 +53,8 @@ def test_publish_copies_the_record_and_adds_one_index_row(job):
     readme = (dest / "README.md").read_text()
     assert "python train_runner.py" in readme and "2-thread CPU" in readme and "abc1234" in readme
     rows = [line for line in (results / "README.md").read_text().splitlines() if line.startswith("| [")]
-    assert rows == ["| [cpu-bakeoff](cpu-bakeoff/README.md) | the `bakeoff` job | 2-thread CPU | `python train_runner.py` | "
-                    "best val (± std): vanilla 2.3687; rope 2.1000 |"]
+    assert rows == [f"| [cpu-bakeoff](cpu-bakeoff/README.md) | {publish.WHAT['bakeoff']} | 2-thread CPU | "
+                    "at commit abc1234: `python train_runner.py` | best val (± std): vanilla 2.3687; rope 2.1000 |"]
     assert not list(results.glob(".*"))  # no staging folder left
 
 
