@@ -384,7 +384,7 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, self.attention_class(config, i)) for i in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, self.new_attention(i)) for i in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
         if config.pos_emb == "learned":
@@ -395,6 +395,10 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def new_attention(self, layer_idx):
+        """Layer layer_idx's attention: the family's, from the model's config (a hybrid picks per layer)."""
+        return self.attention_class(self.config, layer_idx)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):

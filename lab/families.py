@@ -27,6 +27,11 @@ MODELS = {
     "gated_delta": ("model_delta", {"variant": "gated_deltanet"}),
     "delta_product": ("model_delta", {"variant": "gated_deltaproduct"}),
     "nsa": ("model_nsa", {}),
+    # hybrids (lab/hybrid.py): each layer a family of the above
+    "hybrid": ("lab.hybrid", {}),
+    "delta_softmax": ("lab.hybrid", {"layers": "delta,delta,rope"}),
+    "gated_delta_window": ("lab.hybrid", {"layers": "gated_delta,window"}),
+    "delta_nsa": ("lab.hybrid", {"layers": "delta,delta,nsa"}),
 }
 RECIPES = Path(__file__).resolve().parent.parent / "config" / "models"
 
