@@ -35,6 +35,7 @@ from lab import (
     files,
     inspection,
     mqar,
+    placement,
     publish,
     report,
     sweep,
@@ -95,7 +96,7 @@ compile = True  # torch.compile the model for training
 compile_mode = "reduce-overhead"
 seed = 1337
 stage = "train"  # train, bakeoff, sweep, bench_layer, bench_decode, bench_memory, report, eval, inspect, mqar,
-# mqar_report or publish (README)
+# mqar_report, placement, placement_report or publish (README)
 # the sweep: every model of `models` (names of lab/families.py), parameter-matched, at each rate and seed
 models = "vanilla,rope,linear,sparse,delta,delta_product,nsa"  # also the benchmarks', recall's and inspect's
 learning_rates = "5e-4,1e-3,2e-3"  # each run's min_lr is its learning_rate / 10
@@ -123,6 +124,10 @@ text = "To be, or not to be, that is the question:"
 ablation_iters = 20  # val batches per ablated head
 local_window = 8  # attention_distance.png: the share of weight on the last this many tokens
 mqar_widths = "64,128,256"  # --stage=mqar: every model of `models` at each of these widths (config/mqar.py)
+# --stage=placement (config/placement.py): mixer layers placed among a base family's in a hybrid (lab/placement.py)
+placement_bases = "delta,gated_delta"  # the base families, each a lab/hybrid.py entry (options after ':')
+placement_mixer = "rope"  # the layers placed among them: softmax with RoPE
+placements = ""  # '0,5,2+5': the mixer at layer 0; at 5; at 2 and 5. '': first, middle, last, and four pairs
 publish_to = ""  # --stage=publish: the results/ entry to copy out_dir's finished record into
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
@@ -426,6 +431,7 @@ STAGES = {
     "warm_benchmarks": lambda s: bench.warm(s),  # started by the bake-off's sweep, beside its runs
     "eval": lambda s: inspection.evaluate_checkpoint(s), "inspect": lambda s: inspection.inspect(s),
     "mqar": lambda s: mqar.run(s, train), "mqar_report": lambda s: mqar.report(s), "publish": lambda s: publish.publish(s),
+    "placement": lambda s: placement.run(s, train), "placement_report": lambda s: placement.report(s),
 }
 
 

@@ -1,7 +1,7 @@
 """The bake-off, stacked on a task's config: every model parameter-matched, swept over rates and seeds, benchmarked, reported."""
 stage = "bakeoff"
 out_dir = f"out-bakeoff-{profile}"
-models = "vanilla,rope,linear,sparse,delta,delta_product,nsa"
+models = "vanilla,rope,linear,sparse,delta,delta_product,nsa,delta_softmax,gated_delta_window"
 learning_rates = "5e-4,1e-3,2e-3"
 seeds = "1337"
 

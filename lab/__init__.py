@@ -2,6 +2,7 @@
 The lab's modules: what train_runner.py drives, one program a file.
 
     families    the registry of models (a family file and its presets), building one
+    hybrid      hybrids: each layer's attention from a family of the registry
     settings    the configurator: defaults <- config files <- overrides, validated into one frozen Settings
     data        datasets (prepared on first use), batches, evaluation
     files       atomic writes of the record: JSON, CSV, markdown tables, plots
@@ -13,6 +14,7 @@ The lab's modules: what train_runner.py drives, one program a file.
     report      the bake-off's tables and plots
     inspection  a checkpoint's loss, attention maps, head ablation
     mqar        recall (multi-query associative recall) against state size
+    placement   where a hybrid's softmax layers go: every placement, seeds, the table and plot
     publish     copying a finished job's record into results/
 
 Imports run one way: train_runner -> lab -> model files; nothing here imports train_runner.

@@ -46,6 +46,11 @@ def models_of(s):
     entries = {name: configurator.for_model(s, name) for name in split(s.models)}
     if not entries:
         raise UserError("models names no model: give --models=vanilla,linear,...")
+    if s.stage == "bench_layer":  # one layer alone: a hybrid's layers are its families', benchmarked under their names
+        hybrids = [name for name in entries if families.is_hybrid(name)]
+        if hybrids:
+            print(f"[bench_layer] {', '.join(hybrids)}: hybrids have no one layer of their own; skipped")
+        entries = {name: e for name, e in entries.items() if name not in hybrids}
     return entries
 
 

@@ -49,6 +49,10 @@ def load(name):
     return importlib.import_module(module_name), presets
 
 
+def is_hybrid(name):
+    return load(name)[0].__name__ == "lab.hybrid"
+
+
 def model_fields(name):
     """{field: default} of a model's GPTConfig, its presets applied, bar vocab_size (the dataset sets it)."""
     module, presets = load(name)

@@ -37,7 +37,7 @@ BOOKKEEPING = frozenset({
     "learning_rates", "lr_bracket", "seeds", "seeds_at_best", "target_params", "sweep_workers", "runs_per_gpu", "mps",
     "sweep_worker", "gpu_share", "warm_benchmarks", "seq_lens", "tokens_per_batch", "decode_lens", "trials",
     "decode_trials", "trial_seconds", "torch_profile", "ckpt_path", "text", "ablation_iters", "local_window",
-    "mqar_widths", "publish_to", "sources"})
+    "mqar_widths", "publish_to", "sources", "placement_bases", "placement_mixer", "placements"})
 
 
 def split(text, kind=str):

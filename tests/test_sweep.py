@@ -462,7 +462,8 @@ def test_sweep_eta_prices_each_unfinished_run_at_its_models_mean(tmp_path):
 def test_bakeoff_config_is_the_default_job():
     cpu = train_runner.configure(train_runner.DEFAULT_JOB, overrides={"device": "cpu"})
     assert cpu.stage == "bakeoff" and cpu.max_iters == 300 and cpu.seeds == "1337" and cpu.out_dir == "out-bakeoff-cpu"
-    assert configurator.split(cpu.models) == ["vanilla", "rope", "linear", "sparse", "delta", "delta_product", "nsa"]
+    assert configurator.split(cpu.models) == ["vanilla", "rope", "linear", "sparse", "delta", "delta_product", "nsa",
+                                             "delta_softmax", "gated_delta_window"]
     gpu = train_runner.configure(train_runner.DEFAULT_JOB, overrides={"device": "cpu", "profile": "gpu"})
     # the task's own length applies; rates chosen on one seed, two more at each best rate
     assert gpu.max_iters == 3000 and gpu.seeds == "1337" and len(configurator.split(gpu.seeds_at_best)) == 2
