@@ -19,3 +19,4 @@ else:
     # Gated DeltaNet at the head sizes that match it to vanilla (config/models/gated_delta.py)
     placement_bases = "delta,gated_delta:head_k_dim=32:head_v_dim=64"
     max_iters = lr_decay_iters = 2000 if dataset == "mqar" else 1500  # half each task's schedule: 51 runs a task
+    runs_per_gpu = 3  # small models leave a GPU idle between launches: three share it (results/h100-sharing)
