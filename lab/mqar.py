@@ -37,15 +37,15 @@ def state_bytes(model):
     return walk(model.new_caches(1, torch.device("cpu"), torch.bfloat16))
 
 
-def plan(s):
+def plan(s, root=None):
     """({row: settings}, {row: its runs' folder under runs/}) for every model of s.models at each width of
-    mqar_widths; a row is named '<model> d<width>'."""
+    mqar_widths; a row is named '<model> d<width>'. With root, the folders of that job as it named them."""
     entries, groups, device = {}, {}, sweep.job_device(s.out_dir)
     for name in split(s.models):
         for width in split(s.mqar_widths, int):
             row = f"{name} d{width}"
             entries[row] = configurator.for_model(s, name, n_embd=width)
-            groups[row] = sweep.group_folder(entries[row], f"{name}_d{width}", device)
+            groups[row] = sweep.group_folder(entries[row], f"{name}_d{width}", device, root)
     if not entries:
         raise UserError("models or mqar_widths is empty: give --models=vanilla,delta,... and --mqar_widths=64,128,...")
     return entries, groups
@@ -128,7 +128,7 @@ def report(s):
     """<out_dir>/mqar.md, mqar.json and plots/mqar_*.png: each (model, width) at its best rate among the
     finished runs of the grid and of any lr_bracket round. Returns the table's rows."""
     root, grid = Path(s.out_dir), split(s.learning_rates, float)
-    entries, groups = plan(s)
+    entries, groups = plan(s, root)
     rows, envs = [], []
     for row, entry in entries.items():
         runs = tried(root, groups[row], grid, entry.seed)

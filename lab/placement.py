@@ -103,7 +103,7 @@ def report_groups(s):
     changes = {r["model"]: r["changed"] for r in files.read_json(root / "param_matching.json", {"rows": []})["rows"]}
     device = sweep.job_device(root)
     return {row: sweep.group_folder(configurator.for_model(s, "hybrid", layers=",".join(layers), **changes.get(row, {})),
-                                    folder_label(row), device) for row, (layers, _, _) in plan(s).items()}
+                                    folder_label(row), device, root) for row, (layers, _, _) in plan(s).items()}
 
 
 def score(m):

@@ -81,13 +81,26 @@ def matched(s):
     return entries, target, table
 
 
-def group_folder(entry, label, device_type=None):
+def group_folder(entry, label, device_type=None, root=None):
     """<label>-<identity>: the folder of a model's runs, named by what makes their results (on device_type:
-    the job's, where its folder came back from another machine)."""
+    the job's, where its folder came back from another machine). Reading a job's folder (root), where no
+    folder has what this machine resolves, the dtype and kernels a run there recorded, if they give its
+    folder's name: 'auto' resolves by machine, and FLA's probe needs the GPU it ran on."""
     device_type = device_type or entry.device_type
+
+    def name(kernels, dtype=entry.dtype):
+        what = configurator.identity(entry, leave_out=PER_RUN, device_type=device_type, kernels=kernels, dtype=dtype)
+        return f"{label}-{what}"
+
     with torch.device("meta"):
-        kernels = families.build(entry.model_type, entry.model_args(), 1).kernel_paths(device_type)
-    return f"{label}-{configurator.identity(entry, leave_out=PER_RUN, device_type=device_type, kernels=kernels)}"
+        here = name(families.build(entry.model_type, entry.model_args(), 1).kernel_paths(device_type))
+    if root is not None and not (Path(root) / "runs" / here).exists():
+        for metrics in sorted((Path(root) / "runs").glob(f"{label}-*/*/metrics.json")):
+            m = files.read_json(metrics, {})
+            dtype = m.get("config", {}).get("dtype", entry.dtype)
+            if m.get("kernel_path") and name(m["kernel_path"], dtype) == metrics.parent.parent.name:
+                return metrics.parent.parent.name
+    return here
 
 
 def job_device(root):
@@ -273,7 +286,7 @@ def report_groups(s):
     table = files.read_json(root / "param_matching.json", {"rows": []})
     changes = {r["model"]: r["changed"] for r in table["rows"]}
     device = job_device(root)
-    return {name: group_folder(configurator.for_model(s, name, **changes.get(name, {})), name, device)
+    return {name: group_folder(configurator.for_model(s, name, **changes.get(name, {})), name, device, root)
             for name in split(s.models)}
 
 

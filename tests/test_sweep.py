@@ -480,3 +480,18 @@ def test_a_job_folder_carried_back_from_a_gpu_is_found_on_a_cpu(tmp_path):
     assert here["vanilla"] != there["vanilla"]  # the device type is part of what makes a run's result
     for name in ("vanilla", "sparse"):  # the GPU's kernel paths (sparse: flex) name the folder, as the GPU named it
         assert there[name] == sweep.group_folder(configurator.for_model(s, name), name, "cuda")
+
+
+def test_a_gpu_job_is_found_by_the_dtype_and_kernels_its_runs_recorded(tmp_path):
+    # 'auto' resolves to bfloat16 there and FLA's probe needs that GPU: the report takes what the runs recorded
+    s = train_runner.configure(overrides=dict(device="cpu", models="delta", out_dir=str(tmp_path)))
+    (tmp_path / "job.json").write_text(json.dumps({"stage": "bakeoff", "device_type": "cuda"}))
+    entry = configurator.for_model(s, "delta")
+    folder = f"delta-{configurator.identity(entry, leave_out=sweep.PER_RUN, device_type='cuda', kernels=['fla'], dtype='bfloat16')}"
+    decoy = "delta-0123456789"  # recorded the same, but not named by them
+    for name in (decoy, folder):
+        run = tmp_path / "runs" / name / "lr0.001_s1337"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"status": "done", "kernel_path": ["fla"], "config": {"dtype": "bfloat16"}}))
+    assert folder != sweep.group_folder(entry, "delta", "cuda")  # what this machine would name it
+    assert sweep.report_groups(s)["delta"] == folder
