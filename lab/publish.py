@@ -20,10 +20,11 @@ from lab import UserError, files
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
 LEFT_OUT = ("ckpt.pt", ".claimed")  # large, or only meaningful while a job runs
-REPORTS = {"bakeoff": "bakeoff.md", "sweep": "param_matching.md", "mqar": "mqar.md"}
+REPORTS = {"bakeoff": "bakeoff.md", "sweep": "param_matching.md", "mqar": "mqar.md", "placement": "placement.md"}
 WHAT = {"bakeoff": "the bake-off: every model parameter-matched and swept over learning rates, decoding and memory benchmarks",
         "sweep": "a parameter-matched sweep over learning rates and seeds",
-        "mqar": "multi-query associative recall against width and state size"}
+        "mqar": "multi-query associative recall against width and state size",
+        "placement": "where a hybrid's softmax layers go: each placement beside the pure models, over seeds"}
 
 
 def target(s):

@@ -7,7 +7,7 @@ import pytest
 from conftest import TINY
 
 import train_runner
-from lab import UserError, placement
+from lab import UserError, placement, publish
 
 
 def study(out_dir, **changes):
@@ -37,7 +37,7 @@ def test_a_bad_placement_is_refused_before_anything_is_written(tmp_path, placeme
     assert not (tmp_path / "job").exists()
 
 
-def test_a_tiny_study_trains_every_row_and_seed_and_reports_mean_and_spread(shakespeare, tmp_path):
+def test_a_tiny_study_trains_every_row_and_seed_and_reports_mean_and_spread(shakespeare, tmp_path, tmp_path_factory, monkeypatch):
     s = study(tmp_path, placements="3")
     rows = placement.run(s, train_runner.train)
     assert [r["row"] for r in rows] == ["delta", "delta + rope at 3", "rope"]
@@ -54,3 +54,9 @@ def test_a_tiny_study_trains_every_row_and_seed_and_reports_mean_and_spread(shak
             TINY, profile="cpu", out_dir=str(tmp_path), n_layer=4, n_head=2, max_iters=6, lr_decay_iters=6,
             eval_interval=3, seeds="1,2", learning_rates="1e-2", target_params=52500, placements="3").items()}))
     assert [r["mean"] for r in placement.report(again)] == [r["mean"] for r in rows]  # from the folder alone
+    results = tmp_path_factory.mktemp("results")
+    (results / "README.md").write_text("# Results\n\n| result | what | hardware | command | headline |\n|---|---|---|---|---|\n")
+    monkeypatch.setattr(publish, "RESULTS", results)
+    dest = publish.publish(again.replace(stage="publish", publish_to=str(results / "cpu-placement")))
+    assert (dest / "placement.md").read_text() == text and (dest / "plots" / "placement.png").exists()
+    assert f"best val loss: delta {rows[0]['mean']:.4f}" in (results / "README.md").read_text()
