@@ -72,7 +72,7 @@ def headline(report):
         return ""
     header = [h.lower() for h in rows[0]]
     col = next((i for i, h in enumerate(header) if "best val" in h or "accuracy" in h), 1)
-    return f"{rows[0][col]}: " + "; ".join(f"{row[0]} {row[col]}" for row in rows[2:10] if len(row) > col)
+    return f"{rows[0][col]}: " + "; ".join(f"{row[0]} {row[col]}" for row in rows[2:14] if len(row) > col)
 
 
 def hardware(env):
