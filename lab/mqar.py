@@ -20,7 +20,7 @@ import torch
 
 from lab import UserError, data, families, files, sweep, trackers
 from lab import settings as configurator
-from lab.report import fmt, hardware, made_in
+from lab.report import fmt, hardware, made_in, write_record
 from lab.settings import split
 
 
@@ -138,12 +138,10 @@ def report(s):
         raise UserError(f"no MQAR run at these settings (the device type among them) under {root}/runs has finished: "
                         "run --stage=mqar first; each run's metrics.json and error.log say why it stopped")
     env = made_in(envs) if envs else files.environment()  # the runs' own, not this process's
-    files.write_json(root / "mqar.json", {"rows": rows, "environment": env, "config": configurator.flat(s)})
     slices = [k for k in next(r["accuracy"] for r in rows if r["accuracy"]) if k != "all"]
-    text = markdown(root, rows, slices, env)
-    files.write_text(root / "mqar.md", text)
+    record = {"rows": rows, "environment": env, "config": configurator.flat(s)}
+    write_record(root, "mqar", record, markdown(root, rows, slices, env))
     plot(root, rows, slices)
-    print(text)
     return rows
 
 

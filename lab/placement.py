@@ -19,7 +19,7 @@ from pathlib import Path
 from lab import UserError, data, files, sweep, trackers
 from lab import settings as configurator
 from lab.hybrid import parse_entry
-from lab.report import fmt, hardware, made_in, mean_std
+from lab.report import fmt, hardware, made_in, mean_std, write_record
 from lab.settings import split
 
 # one letter a layer in the table's `layers` column, and what it stands for
@@ -174,11 +174,9 @@ def report(s):
     if not any(r["seeds_done"] for r in rows):
         raise UserError(f"no placement run at these settings under {root}/runs has finished: run --stage=placement first")
     env = made_in([e for r in rows for e in r.pop("environments")])
-    files.write_json(root / "placement.json", {"rows": rows, "environment": env, "config": configurator.flat(s)})
-    text = markdown(s, root, rows, env)
-    files.write_text(root / "placement.md", text)
+    record = {"rows": rows, "environment": env, "config": configurator.flat(s)}
+    write_record(root, "placement", record, markdown(s, root, rows, env))
     plot(s, root, rows)
-    print(text)
     return rows
 
 

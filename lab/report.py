@@ -52,6 +52,13 @@ def made_in(envs, commits=()):
     return dict(envs[0] if envs else {}, git_commit=", ".join(names), commits=names)
 
 
+def write_record(root, name, record, text):
+    """<root>/<name>.json (the record) and <name>.md (its text), each written whole, and the text printed."""
+    files.write_json(root / f"{name}.json", record)
+    files.write_text(root / f"{name}.md", text)
+    print(text)
+
+
 def hardware(env):
     """The line atop a report: the hardware, the software and the commit(s) its rows come from."""
     commits = env.get("commits") or [c for c in [env.get("git_commit")] if c]
