@@ -195,7 +195,7 @@ def markdown(s, root, rows, env):
     lines += files.markdown_table(
         ["row", "layers", "params", "best LR", metric, "seeds", "per seed"],
         ([r["row"], " ".join(code(n)[0] for n in r["layers"]), fmt(r["params"], ","),
-          fmt(r["learning_rate"], ".3g"), f"{fmt(r['mean'])} ± {fmt(r['std'])}", r["seeds_done"],
+          fmt(r["learning_rate"], ".3g"), fmt(r["mean"]) + (f" ± {fmt(r['std'])}" if r["seeds_done"] > 1 else ""), r["seeds_done"],
           ", ".join(f"{v:.4f}" for v in r["values"])] for r in rows))
     return "\n".join(lines) + "\n"
 
