@@ -67,6 +67,10 @@ generate() then conditions each token on the last block_size tokens, exactly
 as nanoGPT's model(idx[:, -block_size:]) does: while the context fits, one
 cached step per token; once it is full, each token recomputes the window.
 A recurrent family sets `streams = True` and carries its state on forever.
+
+Sequences longer than block_size: forward takes them wherever the positions allow (`extends`): every
+scheme but the learned table, which has no row past block_size. Training's length is block_size; this
+is for evaluating past it.
 """
 
 import math
@@ -396,6 +400,11 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
+    @property
+    def extends(self):
+        """Whether forward takes sequences longer than block_size (see the module docstring)."""
+        return self.config.pos_emb != "learned"
+
     def new_attention(self, layer_idx):
         """Layer layer_idx's attention: the family's, from the model's config (a hybrid picks per layer)."""
         return self.attention_class(self.config, layer_idx)
@@ -428,8 +437,9 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, return_attn=False):
         """idx [B, T] -> (logits [B, T, vocab], loss or None[, per-layer attention maps])."""
         B, T = idx.shape
-        if T > self.config.block_size and not self.streams:
-            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
+        if T > self.config.block_size and not self.extends:
+            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}, and learned "
+                             "positions have no row past it: train with pos_emb=rope, alibi, sinusoidal or none")
         pos = torch.arange(T, device=idx.device)
         x = self._embed(idx, pos)
         maps = []

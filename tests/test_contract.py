@@ -66,3 +66,15 @@ def test_a_checkpoint_round_trips(name, tmp_path):
     idx = torch.randint(0, 11, (1, 32))
     with torch.no_grad():
         assert torch.equal(again(idx)[0], model(idx)[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_past_block_size_where_the_positions_allow_and_one_line_why_not(name):
+    own = entry(name).model_args()["pos_emb"]
+    torch.manual_seed(0)
+    model = families.build(name, entry(name, pos_emb="none" if own == "learned" else own).model_args(), 11).eval()
+    with torch.no_grad():
+        assert_causal(model, T=80)  # 2.5 x block_size: no position sees a later token out there either
+    learned = families.build(name, entry(name, pos_emb="learned").model_args(), 11).eval()
+    with pytest.raises(ValueError, match="learned positions have no row past it"):
+        learned(torch.zeros(1, 33, dtype=torch.long))
