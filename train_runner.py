@@ -34,6 +34,7 @@ from lab import (
     families,
     files,
     inspection,
+    length,
     mqar,
     placement,
     publish,
@@ -96,7 +97,7 @@ compile = True  # torch.compile the model for training
 compile_mode = "reduce-overhead"
 seed = 1337
 stage = "train"  # train, bakeoff, sweep, bench_layer, bench_decode, bench_memory, report, eval, inspect, mqar,
-# mqar_report, placement, placement_report or publish (README)
+# mqar_report, placement, placement_report, length or publish (README)
 # the sweep: every model of `models` (names of lab/families.py), parameter-matched, at each rate and seed
 models = "vanilla,rope,linear,sparse,delta,delta_product,nsa"  # also the benchmarks', recall's and inspect's
 learning_rates = "5e-4,1e-3,2e-3"  # each run's min_lr is its learning_rate / 10
@@ -128,6 +129,10 @@ mqar_widths = "64,128,256"  # --stage=mqar: every model of `models` at each of t
 placement_bases = "delta,gated_delta"  # the base families, each a lab/hybrid.py entry (options after ':')
 placement_mixer = "rope"  # the layers placed among them: softmax with RoPE
 placements = ""  # '0,5,2+5': the mixer at layer 0; at 5; at 2 and 5. '': first, middle, last, and four pairs
+# --stage=length (lab/length.py): val loss at longer contexts than training's
+length_factors = "1,2,4,8,16"  # contexts of these multiples of block_size
+length_chunks = 8  # the held-out text: this many chunks of the longest context from the val split's start; 0: all
+length_stride = 0  # the sliding window's step; 0: block_size
 publish_to = ""  # --stage=publish: the results/ entry to copy out_dir's finished record into
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in dict(globals()).items() if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
@@ -432,6 +437,7 @@ STAGES = {
     "eval": lambda s: inspection.evaluate_checkpoint(s), "inspect": lambda s: inspection.inspect(s),
     "mqar": lambda s: mqar.run(s, train), "mqar_report": lambda s: mqar.report(s), "publish": lambda s: publish.publish(s),
     "placement": lambda s: placement.run(s, train), "placement_report": lambda s: placement.report(s),
+    "length": lambda s: length.run(s),
 }
 
 

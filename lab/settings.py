@@ -27,7 +27,7 @@ AT_LEAST = {1: ("batch_size", "block_size", "eval_interval", "log_interval", "gr
                 "runs_per_gpu", "decode_trials"),
             0: ("max_iters", "eval_iters", "eval_windows", "warmup_iters", "lr_decay_iters", "lr_bracket", "sweep_workers",
                 "trials", "target_params", "ablation_iters", "local_window", "grad_clip", "min_lr", "weight_decay",
-                "trial_seconds", "tokens_per_batch")}
+                "trial_seconds", "tokens_per_batch", "length_chunks", "length_stride")}
 LISTS = {"learning_rates": float, "seeds": int, "seeds_at_best": int, "seq_lens": int, "decode_lens": int, "mqar_widths": int}
 # settings that say where a run writes, what it logs or how a job is organised, not what a run computes:
 # left out of a run's identity (its folder's name and its benchmark rows' keys)
@@ -37,7 +37,8 @@ BOOKKEEPING = frozenset({
     "learning_rates", "lr_bracket", "seeds", "seeds_at_best", "target_params", "sweep_workers", "runs_per_gpu", "mps",
     "sweep_worker", "gpu_share", "warm_benchmarks", "seq_lens", "tokens_per_batch", "decode_lens", "trials",
     "decode_trials", "trial_seconds", "torch_profile", "ckpt_path", "text", "ablation_iters", "local_window",
-    "mqar_widths", "publish_to", "sources", "placement_bases", "placement_mixer", "placements"})
+    "mqar_widths", "publish_to", "sources", "placement_bases", "placement_mixer", "placements", "length_factors",
+    "length_chunks", "length_stride"})
 
 
 def split(text, kind=str):
