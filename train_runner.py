@@ -430,6 +430,15 @@ def bakeoff(s):
     return report.write(s)
 
 
+def lengths(s):
+    """--stage=length: a job's models trained where they are not yet (the sweep resumes its folder), then each
+    one's val loss at longer contexts; or one run's checkpoint (ckpt_path, or out_dir/ckpt.pt) alone."""
+    length.check(s)
+    if not s.ckpt_path and not (Path(s.out_dir) / "ckpt.pt").exists():
+        sweep.run(s, train)
+    return length.run(s)
+
+
 STAGES = {
     "train": train, "bakeoff": bakeoff, "sweep": lambda s: sweep.run(s, train), "report": lambda s: report.write(s),
     "bench_layer": lambda s: bench.run(s), "bench_decode": lambda s: bench.run(s), "bench_memory": lambda s: bench.run(s),
@@ -437,7 +446,7 @@ STAGES = {
     "eval": lambda s: inspection.evaluate_checkpoint(s), "inspect": lambda s: inspection.inspect(s),
     "mqar": lambda s: mqar.run(s, train), "mqar_report": lambda s: mqar.report(s), "publish": lambda s: publish.publish(s),
     "placement": lambda s: placement.run(s, train), "placement_report": lambda s: placement.report(s),
-    "length": lambda s: length.run(s),
+    "length": lengths,
 }
 
 

@@ -49,6 +49,19 @@ def load(name):
     return importlib.import_module(module_name), presets
 
 
+def split_entry(text):
+    """'name:key=value:key=value' (a model with its own settings, as `models` and hybrid layers name one)
+    -> (name, {key: value text})."""
+    name, *options = text.strip().split(":")
+    opts = {}
+    for option in options:
+        key, eq, value = option.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"'{option}' in '{text}': write a model's own settings as name:key=value")
+        opts[key.strip()] = value.strip()
+    return name.strip(), opts
+
+
 def is_hybrid(name):
     return load(name)[0].__name__ == "lab.hybrid"
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from functools import cached_property
 
 import model
-from lab import families
+from lab import UserError, families
 
 ALIASES = {"softmax": "vanilla", "window": "sparse"}
 # what every layer takes from the hybrid: the residual stream's width, the context, the depth (GPT-2's scaled
@@ -37,16 +37,13 @@ def parse_entry(text):
     head, star, count = text.rpartition("*")
     if star and count.strip().isdigit():
         text, repeat = head.strip(), int(count)
-    name, *options = text.split(":")
-    opts = {}
-    for option in options:
-        key, eq, value = option.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"'{option}' in '{text}': write a layer's options as name:key=value")
-        opts[key.strip()] = value.strip()
+    try:
+        name, opts = families.split_entry(text)
+    except UserError as e:
+        raise ValueError(str(e)) from None
     if repeat < 1:
         raise ValueError(f"'{text}*{count}': an entry repeats at least once")
-    return ALIASES.get(name.strip(), name.strip()), opts, repeat
+    return ALIASES.get(name, name), opts, repeat
 
 
 def expand(layers, n_layer):

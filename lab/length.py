@@ -4,6 +4,7 @@ length_factors x its block_size, in the two conventions the literature uses, and
 
     python train_runner.py --stage=length --out_dir=out-shakespeare-char    # that run's ckpt.pt
     python train_runner.py --stage=length --out_dir=out-bakeoff-cpu         # each model's best run there
+    python train_runner.py config/length.py                                 # position schemes: train, then this
 
 The text is the same for every length: the start of the val split, length_chunks chunks of the longest
 context (0: as much of the split as whole chunks of it hold).
@@ -40,6 +41,14 @@ def factors(s):
     if not found or min(found) < 1:
         raise UserError(f"length_factors must be whole multiples of block_size, 1 or more, e.g. 1,2,4; got '{s.length_factors}'")
     return sorted(set(found))
+
+
+def check(s):
+    """The stage's own settings, before a job trains or writes anything for it."""
+    if (s.length_stride or s.block_size) > s.block_size:
+        raise UserError(f"length_stride {s.length_stride} is longer than block_size {s.block_size}: some targets "
+                        "would see too little")
+    return factors(s)
 
 
 def held_out_text(val, longest, chunks):
@@ -81,9 +90,7 @@ def evaluate(run, s):
     """One checkpoint's row: its losses at every factor, or the reason it cannot go past block_size."""
     model, c = run["model"], run["ckpt"]["config"]
     block_size, wanted = model.config.block_size, factors(s)
-    stride = s.length_stride or block_size
-    if stride > block_size:
-        raise UserError(f"length_stride {stride} is longer than block_size {block_size}: some targets would see too little")
+    stride = min(s.length_stride or block_size, block_size)
     text = held_out_text(run["splits"]["val"], block_size * max(wanted), s.length_chunks)
     row = {"model": c.get("model_type", run["ckpt"]["model_type"]), "pos_emb": model.config.pos_emb,
            "block_size": block_size, "tokens": len(text) - 1, "stride": stride, "lengths": {}}
@@ -100,7 +107,7 @@ def evaluate(run, s):
 
 def run(s):
     """Every checkpoint of the job (or ckpt_path) at every length -> <out_dir>/length/. Returns the rows."""
-    factors(s)
+    check(s)
     env = files.environment()
     rows = {name: evaluate(inspection.load(path, s), s) for name, path in inspection.targets(s).items()}
     root = Path(s.out_dir) / "length"

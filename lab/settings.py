@@ -137,7 +137,7 @@ def configure(defaults, config_files=(), overrides=None, raw=None, model=None):
         changed = run_file(path, ns)
         ns.update(changed)
         given += [(k, v, str(path)) for k, v in changed.items()]
-    name = model or raw.get("model_type") or overrides.get("model_type") or ns["model_type"]
+    name, own = families.split_entry(model or raw.get("model_type") or overrides.get("model_type") or ns["model_type"])
     fields = families.model_fields(name)
     recipes = parse_value("recipes", raw["recipes"], True) if "recipes" in raw else overrides.get("recipes", ns["recipes"])
     if recipes and families.recipe(name):
@@ -146,9 +146,10 @@ def configure(defaults, config_files=(), overrides=None, raw=None, model=None):
         given += [(k, v, str(families.recipe(name))) for k, v in changed.items()]
     allowed = {**fields, **defaults}
     listed = str(raw.get("models", overrides.get("models", ns.get("models", ""))))
-    elsewhere = {k for other in split(listed) if other != name for k in families.model_fields(other)}
+    elsewhere = {k for other in split(listed) for k in families.model_fields(families.split_entry(other)[0])} - set(allowed)
     given += [(k, v, "overrides") for k, v in overrides.items()]
     given += [(k, parse_value(k, v, allowed.get(k)) if k in allowed else v, f"--{k}") for k, v in raw.items()]
+    given += [(k, parse_value(k, v, allowed.get(k)) if k in allowed else v, f"'{model}' in models") for k, v in own.items()]
     for key, val, source in given:
         if key not in allowed:
             if key in elsewhere:  # another listed model's field: that model takes it
@@ -220,8 +221,11 @@ def validate(s):
             raise UserError(f"{key} must be a comma-separated list of {kind.__name__}s, got '{getattr(s, key)}'") from None
         if any(v <= 0 for v in values) and key != "seeds" and key != "seeds_at_best":
             raise UserError(f"{key} must be positive, got '{getattr(s, key)}'")
-    for name in split(s.models):
-        families.load(name)
+    for entry in split(s.models):
+        name, own = families.split_entry(entry)
+        unknown = set(own) - set(families.model_fields(name)) - set(asdict(s))
+        if unknown:
+            raise UserError(f"'{entry}' in models: {', '.join(sorted(unknown))} is no setting of {name}")
     with torch.device("meta"):  # shapes only: a model of any size is checked at no cost
         families.build(s.model_type, model_args(s), vocab_size=1)
 

@@ -14,6 +14,7 @@ seeds_at_best then trains more seeds at each model's best rate. Workers (lab/wor
 
 import math
 import os
+import re
 import time
 import traceback
 from pathlib import Path
@@ -86,7 +87,7 @@ def group_folder(entry, label, device_type=None, root=None):
     the job's, where its folder came back from another machine). Reading a job's folder (root), where no
     folder has what this machine resolves, the dtype and kernels a run there recorded, if they give its
     folder's name: 'auto' resolves by machine, and FLA's probe needs the GPU it ran on."""
-    device_type = device_type or entry.device_type
+    device_type, label = device_type or entry.device_type, re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
 
     def name(kernels, dtype=entry.dtype):
         what = configurator.identity(entry, leave_out=PER_RUN, device_type=device_type, kernels=kernels, dtype=dtype)

@@ -495,3 +495,17 @@ def test_a_gpu_job_is_found_by_the_dtype_and_kernels_its_runs_recorded(tmp_path)
         (run / "metrics.json").write_text(json.dumps({"status": "done", "kernel_path": ["fla"], "config": {"dtype": "bfloat16"}}))
     assert folder != sweep.group_folder(entry, "delta", "cuda")  # what this machine would name it
     assert sweep.report_groups(s)["delta"] == folder
+
+
+def test_a_model_of_models_takes_its_own_settings_after_a_colon():
+    s = train_runner.configure(overrides=dict(device="cpu", models="vanilla,vanilla:pos_emb=alibi:n_kv_head=2"))
+    plain, alibi = (configurator.for_model(s, name) for name in configurator.split(s.models))
+    assert plain.model_args()["pos_emb"] == "learned" and plain.model_args()["n_kv_head"] is None
+    assert alibi.model_type == "vanilla" and alibi.model_args()["pos_emb"] == "alibi" and alibi.model_args()["n_kv_head"] == 2
+    folder = sweep.group_folder(alibi, "vanilla:pos_emb=alibi:n_kv_head=2")
+    assert re.fullmatch(r"vanilla_pos_emb_alibi_n_kv_head_2-[0-9a-f]{10}", folder)  # a name any machine can carry
+    assert folder.split("-")[1] != sweep.group_folder(plain, "vanilla").split("-")[1]
+    with pytest.raises(UserError, match="posemb is no setting of vanilla"):
+        train_runner.configure(overrides=dict(device="cpu", models="vanilla:posemb=none"))
+    with pytest.raises(UserError, match="write a model's own settings as name:key=value"):
+        train_runner.configure(overrides=dict(device="cpu", models="vanilla:alibi"))
