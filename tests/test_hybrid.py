@@ -40,7 +40,7 @@ def test_entries_repeat_and_take_their_options_and_aliases():
     ("sparse:windw=8", "unknown option 'windw' (did you mean 'window'?)"),
     ("sparse:n_embd=64", "n_embd is the hybrid's"),
     ("sparse:window=eight", "window=eight: not a valid int"),
-    ("sparse:window", "write a layer's options as name:key=value"),
+    ("sparse:window", "write a model's own settings as name:key=value"),
     ("delta,delta,softmax", "do not repeat to n_layer=4"),
     ("delta:pos_emb=rope", "layer 0 (delta): pos_emb must be one of"),
     ("", "names no layer"),
