@@ -148,7 +148,7 @@ def plot(root, rows):
         for ax, key in zip(axes, ("chunks", "sliding")):
             ax.plot(list(done), [m[key] for m in done.values()], marker="o", label=name)
     for ax, key in zip(axes, ("chunks", "sliding")):
-        ax.set(xscale="log", xlabel="context length (tokens)", ylabel="val loss", title=key)
+        ax.set(xlabel="context length (tokens)", ylabel="val loss", title=key)
         ax.set_xscale("log", base=2)
     axes[0].legend(fontsize=7)
     files.save_png(fig, root / "length.png")
