@@ -205,7 +205,7 @@ class KVCache:
         self.v.index_copy_(2, pos, v.to(self.v.dtype))
 
 
-def naive_attention(q, k, v, bias, dropout_p=0.0):
+def naive_attention(q, k, v, bias):
     """softmax(q kᵀ/√d + bias) v with the [B, H, Tq, Tk] scores in memory. Returns (y, weights)."""
     if k.shape[1] != q.shape[1]:  # GQA: each K/V head serves a group of query heads
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
@@ -213,7 +213,7 @@ def naive_attention(q, k, v, bias, dropout_p=0.0):
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1])) + bias.to(q.dtype)
     low_precision = scores.dtype in (torch.float16, torch.bfloat16)
     weights = F.softmax(scores.float() if low_precision else scores, dim=-1).to(q.dtype)
-    return F.dropout(weights, dropout_p) @ v, weights
+    return weights @ v, weights
 
 
 def causal_bias(T, device):
@@ -272,25 +272,25 @@ class CausalSelfAttention(nn.Module):
 
     def attend(self, q, k, v, q_pos, k_pos, return_attn):
         """The score-based hook (module docstring): softmax over the keys at or before each query."""
-        dropout_p = self.config.dropout if self.training else 0.0
+        # no dropout on the weights: the other families form none to drop, and regularisation stays equal
         gqa = self.n_kv_head != self.n_head
         alibi = self.config.pos_emb == "alibi"
         decoding = q.shape[2] == 1 and k.shape[2] != 1
         if return_attn or self.config.attn_impl == "naive":
             bias = alibi_bias(self.slopes, q_pos, k_pos) if alibi else \
                 torch.zeros(q.shape[2], k.shape[2], device=q.device).masked_fill(k_pos[None] > q_pos[:, None], float("-inf"))
-            return naive_attention(q, k, v, bias, dropout_p)
+            return naive_attention(q, k, v, bias)
         if decoding:
             mask = alibi_bias(self.slopes, q_pos, k_pos).to(q.dtype) if alibi else (k_pos <= q_pos)[None, :]
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa), None
         if not alibi:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=gqa), None
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa), None
         chunks = []
         for s in range(0, q.shape[2], self.alibi_chunk):  # causal: rows s..e need keys < e only
             e = min(s + self.alibi_chunk, q.shape[2])
             bias = alibi_bias(self.slopes, q_pos[s:e], k_pos[:e]).to(q.dtype)
             chunks.append(F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, :e], v[:, :, :e], attn_mask=bias,
-                                                         dropout_p=dropout_p, enable_gqa=gqa))
+                                                         enable_gqa=gqa))
         return torch.cat(chunks, dim=2), None
 
 
