@@ -103,7 +103,8 @@ models = "vanilla,rope,linear,sparse,delta,delta_product,nsa"  # also the benchm
 learning_rates = "5e-4,1e-3,2e-3"  # each run's min_lr is its learning_rate / 10
 lr_bracket = 0  # rounds that extend a model's rates one grid step past an end where its best is
 seeds = "1337"
-seeds_at_best = ""  # more seeds, trained only at each model's best rate once the rates are settled
+seeds_at_best = ""  # more seeds, trained only at each model's `finalists` best rates once the rates are tried
+finalists = 2  # the rates seeds_at_best trains at: the best of them on the mean over every seed is the model's
 target_params = 0  # 0: vanilla's count at these settings; each model is matched to within 3%
 sweep_workers = 0  # processes sharing the sweep's runs; 0 = runs_per_gpu per visible GPU (one on a CPU)
 runs_per_gpu = 1  # sweep workers on each GPU at once: small models are launch-bound, several fill it better
@@ -353,7 +354,8 @@ def evaluate_now(s, model, raw_model, splits, autocast, new_step, record, iter_n
                            group=s.eval_group, vocab_size=vocab_size, windows=s.eval_windows)
     recall = ""
     if isinstance(splits["val"], dict):  # whole sequences with targets at some positions (MQAR): accuracy there
-        record.accuracy = data.recall_accuracy(raw_model, splits["val"], s.batch_size, autocast, vocab_size)
+        record.accuracy = data.recall_accuracy(raw_model, splits["val"], s.batch_size, autocast, vocab_size,
+                                               int(splits["train"]["seq_len"].max()))
         record.curves.setdefault("val_accuracy", []).append([iter_num, record.accuracy["all"]])
         recall = f", val accuracy {record.accuracy['all']:.3f}"
     model.train()

@@ -9,13 +9,13 @@ pos_emb = "none"  # the convolution carries order; every family takes 'none'
 eval_interval, eval_iters, log_interval, warmup_iters = 500, 20, 100, 100
 learning_rate, min_lr = 3e-3, 3e-4
 
-if profile == "cpu":  # data/mqar's cpu profile: vocabulary 256, sequences of 32-64 tokens
-    block_size, batch_size, n_embd, mqar_widths = 64, 32, 64, "32,64"
+if profile == "cpu":  # data/mqar's cpu profile: vocabulary 256, sequences of 32-256 tokens
+    block_size, batch_size, n_embd, mqar_widths = 256, 32, 64, "32,64"  # trained on up to 64 tokens, tested up to 256
     max_iters = lr_decay_iters = 600
     learning_rates = "3e-3"
     eval_interval, eval_iters, compile = 200, 5, False
-else:  # Zoology's setting: vocabulary 8,192, sequences of 64-1024 tokens
-    block_size, batch_size, n_embd, mqar_widths = 1024, 256, 128, "64,128,256"
+else:  # Zoology's setting: vocabulary 8,192, sequences of 64-1024 tokens, and 2,048
+    block_size, batch_size, n_embd, mqar_widths = 2048, 256, 128, "64,128,256"  # trained on up to 256, tested up to 2,048
     max_iters = lr_decay_iters = 4000
     # Zoology's log-spaced grid and one step lower: softmax at width 128 learned at none of 1e-3 ... 1e-2 (results/h100-mqar)
     learning_rates = "3.2e-4,1e-3,3.2e-3,1e-2"

@@ -33,17 +33,16 @@ def is_prepared(path):
 
 
 def prepare(s):
-    """The dataset's folder, made first by its prepare.py where it is not prepared yet."""
+    """The dataset's folder, made first by its prepare.py where it is not prepared yet, or where the script
+    has a current(meta) that says the folder was prepared by an earlier form of it."""
     path = folder(s)
-    if not is_prepared(path):
-        script = SCRIPTS / s.dataset / "prepare.py"
+    script = SCRIPTS / s.dataset / "prepare.py"
+    if not is_prepared(path) or stale(script, path):
         if not script.is_file():
             known = sorted(p.name for p in SCRIPTS.iterdir() if (p / "prepare.py").is_file())
             raise UserError(f"dataset '{s.dataset}' is not prepared in {path} and has no data/{s.dataset}/prepare.py; "
                             f"choose one of {', '.join(known)}")
-        spec = importlib.util.spec_from_file_location(f"prepare_{s.dataset}", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_script(script)
         kwargs = {"profile": s.profile} if "profile" in inspect.signature(module.prepare).parameters else {}
         print(f"preparing {path} (python data/{s.dataset}/prepare.py)")
         path.mkdir(parents=True, exist_ok=True)
@@ -56,6 +55,17 @@ def prepare(s):
         raise UserError(f"{path} was prepared for the {meta['profile']} profile, these settings are {s.profile}'s: "
                         f"run `python data/{s.dataset}/prepare.py --profile={s.profile}`")
     return path
+
+
+def load_script(script):
+    spec = importlib.util.spec_from_file_location(f"prepare_{script.parent.name}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stale(script, path):
+    return script.is_file() and not getattr(load_script(script), "current", lambda meta: True)(load_meta(path))
 
 
 class _MetaUnpickler(pickle.Unpickler):
@@ -192,12 +202,16 @@ def evaluate(model, data, batch_size, block_size, eval_iters, seed, autocast, be
 
 
 @torch.no_grad()
-def recall_accuracy(model, data, batch_size, autocast, vocab_size=1):
-    """Accuracy at the positions with a target (MQAR's queries), per (seq_len x kv_pairs) slice and overall."""
+def recall_accuracy(model, data, batch_size, autocast, vocab_size=1, trained_len=None):
+    """Accuracy at the positions with a target (MQAR's queries), per (seq_len x kv_pairs) slice and overall;
+    with trained_len (the longest training sequence), also over the slices no longer than it ('in_dist')
+    and per longer test length ('len<L>'), kept apart. Each batch is cut after its longest sequence: a
+    causal model's logits do not depend on the padding after them."""
     hits, counts = {}, {}
     rows = slice_rows(batch_size, data["inputs"].shape[1], vocab_size)
     for s in range(0, len(data["inputs"]), rows):
-        X, Y = data["inputs"][s:s + rows], data["targets"][s:s + rows]
+        width = int(data["seq_len"][s:s + rows].max())
+        X, Y = data["inputs"][s:s + rows, :width], data["targets"][s:s + rows, :width]
         with autocast:
             logits, _ = model(X)
         right = ((logits.argmax(-1) == Y) & (Y >= 0)).sum(1)
@@ -205,5 +219,12 @@ def recall_accuracy(model, data, batch_size, autocast, vocab_size=1):
                                right.tolist(), (Y >= 0).sum(1).tolist()):
             hits[(L, kv)] = hits.get((L, kv), 0) + r
             counts[(L, kv)] = counts.get((L, kv), 0) + n
+
+    def over(keys):
+        return sum(hits[k] for k in keys) / max(1, sum(counts[k] for k in keys))
     acc = {f"{L}x{kv}": hits[(L, kv)] / counts[(L, kv)] for L, kv in sorted(counts)}
-    return dict(acc, all=sum(hits.values()) / max(1, sum(counts.values())))
+    if trained_len:
+        acc["in_dist"] = over([k for k in counts if k[0] <= trained_len])
+        for length in sorted({L for L, _ in counts if L > trained_len}):
+            acc[f"len{length}"] = over([k for k in counts if k[0] == length])
+    return dict(acc, all=over(list(counts)))

@@ -138,7 +138,7 @@ def report(s):
         raise UserError(f"no MQAR run at these settings (the device type among them) under {root}/runs has finished: "
                         "run --stage=mqar first; each run's metrics.json and error.log say why it stopped")
     env = made_in(envs) if envs else files.environment()  # the runs' own, not this process's
-    slices = [k for k in next(r["accuracy"] for r in rows if r["accuracy"]) if k != "all"]
+    slices = [k for k in next(r["accuracy"] for r in rows if r["accuracy"]) if k != "all"]  # then in_dist, len<L>
     record = {"rows": rows, "environment": env, "config": configurator.flat(s)}
     write_record(root, "mqar", record, markdown(root, rows, slices, env))
     plot(root, rows, slices)
@@ -148,13 +148,15 @@ def report(s):
 def markdown(root, rows, slices, env):
     unfinished = sum(r["rates"] - r["rates_done"] for r in rows)
     lines = [f"# MQAR recall: {root}", "", f"{hardware(env)}.", "",
-             "Accuracy at the query positions of the val set, per (sequence length x kv pairs); state = bytes of "
-             "decoding state per sequence at the full context. Made by `python train_runner.py config/mqar.py --stage=mqar`.", ""]
+             "Accuracy at the query positions of the val set, per (sequence length x kv pairs); in-dist over the "
+             "slices no longer than the training sequences, len L over the test slices of length L past them, kept "
+             "apart; state = bytes of decoding state per sequence at the full context. Made by "
+             "`python train_runner.py config/mqar.py --stage=mqar`.", ""]
     if unfinished:
         lines += [f"**Partial:** {unfinished} of {sum(r['rates'] for r in rows)} runs are not finished; each row's best is "
                   "the best of the rates done.", ""]
     lines += files.markdown_table(
-        ["model", "width", "params", "state bytes", "best LR", "rates done", *slices, "all"],
+        ["model", "width", "params", "state bytes", "best LR", "rates done", *map(column, slices), "all"],
         ([r["model"], r["width"], fmt(r["params"], ","), f"{r['state_bytes']:,}",
           fmt(r["learning_rate"], ".3g") + (" (edge)" if r["best_lr_at_edge"] else ""), f"{r['rates_done']}/{r['rates']}",
           *(fmt(r["accuracy"] and r["accuracy"].get(k), ".3f") for k in [*slices, "all"])] for r in rows))
@@ -169,10 +171,29 @@ def markdown(root, rows, slices, env):
     return "\n".join(lines) + "\n"
 
 
-def plot(root, rows, slices):
-    """Accuracy against width, one panel per slice; accuracy over all slices against the decoding state's bytes."""
+def column(key):
+    return {"in_dist": "in-dist"}.get(key, key.replace("len", "len ") if key.startswith("len") else key)
+
+
+def plot(root, rows, keys):
+    """Accuracy against width, one panel per slice; accuracy over all slices against the decoding state's
+    bytes; accuracy against test length (in-distribution at the longest training length), a line a row."""
     plt = files.pyplot()
     models = list(dict.fromkeys(r["model"] for r in rows if r["accuracy"]))  # a model with no finished run has no line
+    slices = [k for k in keys if "x" in k]
+    lengths = [k for k in keys if k.startswith("len")]
+    if lengths:
+        trained = max(int(k.split("x")[0]) for k in slices if int(k.split("x")[0]) < int(lengths[0][3:]))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in rows:
+            if r["accuracy"] and "in_dist" in r["accuracy"]:
+                ax.plot([trained, *(int(k[3:]) for k in lengths)], [r["accuracy"][k] for k in ("in_dist", *lengths)],
+                        marker="o", label=f"{r['model']} d{r['width']}")
+        ax.axvline(trained, color="grey", lw=0.8, ls=":")
+        ax.set(xlabel="test sequence length (tokens; the first point: in-distribution)", ylabel="MQAR accuracy",
+               xscale="log", ylim=(0, 1.02))
+        ax.legend(fontsize=6, ncol=2)
+        files.save_png(fig, root / "plots" / "mqar_length.png")
     fig, axes = plt.subplots(1, len(slices), figsize=(3.4 * len(slices), 3.2), squeeze=False)
     for ax, k in zip(axes[0], slices):
         for name in models:

@@ -8,8 +8,8 @@ matching and the benchmarks' rows (lab/bench.py), into
                             rates, decoding latency and memory against length
 
 The top of bakeoff.md names the hardware and the commit(s) its rows were made at. A model's best rate is
-chosen on the seeds every rate has (seeds_at_best trains more only at the best), then reported over all
-of its seeds. A missing benchmark file is a missing table, not an error.
+chosen on the mean over all seeds among the rates that have them all (the finalists seeds_at_best trained
+more seeds at), or, while one rate alone has them, on the seeds every rate has; it is reported over all of its seeds. A missing benchmark file is a missing table, not an error.
 """
 
 import math
@@ -91,10 +91,14 @@ def by_length(benches, stage, key, name):
 
 
 def summary(name, by_lr, params, benches):
-    """One model's row: its best rate (on the seeds every rate has), then that rate's figures over all its seeds."""
-    common = set.intersection(*({m["config"]["seed"] for m in ms} for ms in by_lr.values()))
+    """One model's row: its best rate (on the mean over every seed among the rates that have them all, else
+    on the seeds every rate has), then that rate's figures over all its seeds."""
+    seeds = {lr: {m["config"]["seed"] for m in ms} for lr, ms in by_lr.items()}
+    every_seed, common = set.union(*seeds.values()), set.intersection(*seeds.values())
+    finalists = {lr: ms for lr, ms in by_lr.items() if seeds[lr] == every_seed}
     on_common = {lr: [m for m in ms if m["config"]["seed"] in common] or ms for lr, ms in by_lr.items()}
-    best_lr = sweep.best_rate(on_common, lambda m: -m["best_val_loss"] if m.get("best_val_loss") is not None else -math.inf)
+    best_lr = sweep.best_rate(finalists if len(finalists) > 1 else on_common,
+                              lambda m: -m["best_val_loss"] if m.get("best_val_loss") is not None else -math.inf)
     if not any(m.get("status") == "done" for m in by_lr[best_lr]):
         best_lr = None  # no rate has a finished run
     runs = sorted(by_lr.get(best_lr, []), key=lambda m: m["config"]["seed"])

@@ -24,7 +24,7 @@ from lab import UserError, families
 CHOICES = {"init_from": ("scratch", "resume"), "dtype": ("auto", "float32", "bfloat16", "float16"),
            "profile": ("auto", "cpu", "gpu"), "compile_mode": ("default", "reduce-overhead", "max-autotune")}
 AT_LEAST = {1: ("batch_size", "block_size", "eval_interval", "log_interval", "gradient_accumulation_steps", "eval_group",
-                "runs_per_gpu", "decode_trials"),
+                "runs_per_gpu", "decode_trials", "finalists"),
             0: ("max_iters", "eval_iters", "eval_windows", "warmup_iters", "lr_decay_iters", "lr_bracket", "sweep_workers",
                 "trials", "target_params", "ablation_iters", "local_window", "grad_clip", "min_lr", "weight_decay",
                 "trial_seconds", "tokens_per_batch", "length_chunks", "length_stride")}
@@ -34,7 +34,7 @@ LISTS = {"learning_rates": float, "seeds": int, "seeds_at_best": int, "seq_lens"
 BOOKKEEPING = frozenset({
     "out_dir", "data_dir", "eval_group", "log_interval", "always_save_checkpoint", "init_from", "wandb_log",
     "wandb_project", "wandb_run_name", "mlflow_uri", "tensorboard_dir", "recipes", "profile", "stage", "models",
-    "learning_rates", "lr_bracket", "seeds", "seeds_at_best", "target_params", "sweep_workers", "runs_per_gpu", "mps",
+    "learning_rates", "lr_bracket", "seeds", "seeds_at_best", "finalists", "target_params", "sweep_workers", "runs_per_gpu", "mps",
     "sweep_worker", "gpu_share", "warm_benchmarks", "seq_lens", "tokens_per_batch", "decode_lens", "trials",
     "decode_trials", "trial_seconds", "torch_profile", "ckpt_path", "text", "ablation_iters", "local_window",
     "mqar_widths", "publish_to", "sources", "placement_bases", "placement_mixer", "placements", "length_factors",

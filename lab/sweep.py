@@ -9,7 +9,8 @@ the bookkeeping ones, and the kernels its layers run): a changed setting trains 
 and nothing is moved aside. Finished runs (done, diverged, out of memory, failed) are skipped and an
 interrupted one resumes from its checkpoint, or starts over where only its metrics came back. With
 lr_bracket, a model whose best rate is at an end of those tried gets one grid step more past it;
-seeds_at_best then trains more seeds at each model's best rate. Workers (lab/workers.py) share the runs.
+seeds_at_best then trains more seeds at each model's `finalists` best rates, so that its rate is chosen on
+the mean over every seed (lab/report.py). Workers (lab/workers.py) share the runs.
 """
 
 import math
@@ -163,29 +164,33 @@ def run(s, train):
     def runs_at(name, lr):
         return [make_run(root, entries[name], groups[name], name, lr, seed, f"{name} lr={lr:g} seed={seed}") for seed in seeds]
 
-    def best_of(name, rates):
-        return best_rate({lr: [read_metrics(root / "runs" / groups[name] / f"lr{lr:g}_s{seed}") for seed in seeds]
-                          for lr in rates}, lambda m: -m["best_val_loss"])
+    def ranked(name, rates):
+        return ranked_rates({lr: [read_metrics(root / "runs" / groups[name] / f"lr{lr:g}_s{seed}") for seed in seeds]
+                             for lr in rates}, lambda m: -m["best_val_loss"])
 
-    tried = rounds(s, root, list(entries), runs_at, best_of, "sweep", train)
+    tried = rounds(s, root, list(entries), runs_at, lambda name, rates: ranked(name, rates)[0], "sweep", train)
     extra = [seed for seed in split(s.seeds_at_best, int) if seed not in seeds]
     if tried is not None and extra:  # every round is done here (a worker returns while its round has runs left)
-        best = {name: best_of(name, tried[name]) for name in entries}
-        print("[sweep] seeds " + ",".join(map(str, extra)) + " at each model's best learning rate: "
-              + ", ".join(f"{name} {lr:g}" for name, lr in best.items()))
+        top = {name: ranked(name, tried[name])[:s.finalists] for name in entries}
+        print("[sweep] seeds " + ",".join(map(str, extra)) + " at each model's best learning rates: "
+              + ", ".join(f"{name} {','.join(f'{lr:g}' for lr in lrs)}" for name, lrs in top.items()))
         runs = [make_run(root, entries[name], groups[name], name, lr, seed, f"{name} lr={lr:g} seed={seed}")
-                for name, lr in best.items() for seed in extra]
+                for name, lrs in top.items() for lr in lrs for seed in extra]
         train_runs(s, root, runs, "sweep", train)
     return entries
 
 
-def best_rate(by_rate, score):
-    """The rate whose runs score highest, mean over them (a run that did not finish counts as worst); ties
-    go to the smaller rate."""
+def ranked_rates(by_rate, score):
+    """The rates, best first by their runs' mean score (a run that did not finish counts as worst); ties go
+    to the smaller rate."""
     def mean(lr):
         ms = by_rate[lr]
         return sum(score(m) if m.get("status") == "done" else -math.inf for m in ms) / max(1, len(ms))
-    return max(sorted(by_rate), key=mean)
+    return sorted(sorted(by_rate), key=mean, reverse=True)  # a stable sort: equal means keep the smaller rate first
+
+
+def best_rate(by_rate, score):
+    return ranked_rates(by_rate, score)[0]
 
 
 def lr_beyond(best, tried, grid):

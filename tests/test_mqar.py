@@ -47,7 +47,7 @@ def mqar_data(tmp_path):
     """A tiny MQAR dataset under tmp_path, the data_dir the settings below read."""
     folder = tmp_path / "mqar"
     folder.mkdir()
-    for seed, (split, slices) in enumerate((("train", [(16, 2, 2000), (24, 4, 2000)]), ("val", [(16, 2, 64), (24, 4, 64)]))):
+    for seed, (split, slices) in enumerate((("train", [(16, 2, 2000), (24, 4, 2000)]), ("val", [(16, 2, 64), (24, 4, 64), (32, 4, 64)]))):
         np.savez(folder / f"{split}.npz", **make_split(slices, seed=seed + 1, vocab_size=32))
     (folder / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 32}))
     return tmp_path
@@ -67,21 +67,37 @@ def run_metrics(s, row, lr):
 
 
 def test_sequence_batches_and_accuracy(mqar_data):
-    s = train_runner.configure(overrides=dict(dataset="mqar", data_dir=str(mqar_data), block_size=24, device="cpu"))
+    s = train_runner.configure(overrides=dict(dataset="mqar", data_dir=str(mqar_data), block_size=32, device="cpu"))
     splits = data.load(s, "cpu")
-    assert splits["train"]["inputs"].shape == (4000, 24) and set(splits["val"]["seq_len"].tolist()) == {16, 24}
+    assert splits["train"]["inputs"].shape == (4000, 24) and set(splits["val"]["seq_len"].tolist()) == {16, 24, 32}
     X, Y = data.get_batch(splits["train"], 8, 24, torch.Generator().manual_seed(0))
     assert X.shape == Y.shape == (8, 24) and ((Y >= 0).sum(1) >= 2).all()
 
     class Oracle(torch.nn.Module):  # answers every query right: accuracy 1 on each slice
         def forward(self, idx):
-            hit = (splits["val"]["inputs"][None, :, :] == idx[:, None, :]).all(-1).float().argmax(1)  # [B] rows
-            return torch.nn.functional.one_hot(splits["val"]["targets"][hit].clamp_min(0), 32).float(), None
-    for vocab_size in (32, data.EVAL_LOGITS // (24 * 3)):  # batches of 16, then slices of 2 rows
+            T = idx.shape[1]  # each batch comes cut after its longest sequence
+            hit = (splits["val"]["inputs"][None, :, :T] == idx[:, None, :]).all(-1).float().argmax(1)  # [B] rows
+            return torch.nn.functional.one_hot(splits["val"]["targets"][hit, :T].clamp_min(0), 32).float(), None
+    for vocab_size in (32, data.EVAL_LOGITS // (32 * 3)):  # batches of 16, then slices of 2 rows
         acc = data.recall_accuracy(Oracle(), splits["val"], 16, torch.autocast("cpu", enabled=False), vocab_size)
-        assert acc == {"16x2": 1.0, "24x4": 1.0, "all": 1.0}
+        assert acc == {"16x2": 1.0, "24x4": 1.0, "32x4": 1.0, "all": 1.0}
     with pytest.raises(UserError, match="raise --block_size to at least that"):
-        data.load(s.replace(block_size=16), "cpu")
+        data.load(s.replace(block_size=24), "cpu")
+
+
+def test_recall_past_the_training_length_is_kept_apart_and_each_batch_is_cut_after_its_sequences():
+    val = {k: torch.from_numpy(v.astype(np.int64)) for k, v in make_split([(8, 2, 6), (16, 2, 6), (32, 4, 6)], 3, 32).items()}
+    widths = []
+
+    class Oracle(torch.nn.Module):  # right at every query of an 8- or 16-token sequence, wrong on the 32s
+        def forward(self, idx):
+            widths.append(idx.shape[1])
+            rows = (val["inputs"][None, :, :idx.shape[1]] == idx[:, None, :]).all(-1).float().argmax(1)
+            right = torch.nn.functional.one_hot(val["targets"][rows, :idx.shape[1]].clamp_min(0), 32).float()
+            return right * (val["seq_len"][rows] < 32)[:, None, None], None
+    acc = data.recall_accuracy(Oracle(), val, 6, torch.autocast("cpu", enabled=False), 32, trained_len=16)
+    assert widths == [8, 16, 32]  # each batch is one slice, cut to its own length
+    assert acc == {"8x2": 1.0, "16x2": 1.0, "32x4": 0.0, "in_dist": 1.0, "len32": 0.0, "all": 1 / 2}
 
 
 def test_state_bytes_follow_each_family_cache():
@@ -102,10 +118,10 @@ def test_state_bytes_follow_each_family_cache():
 def test_config_chooses_its_sizes_by_profile():
     cpu = train_runner.configure("config/mqar.py", raw={"device": "cpu"})
     assert cpu.profile == "cpu" and cpu.out_dir == "out-mqar-cpu" and cpu.dataset == "mqar" and not cpu.recipes
-    assert (cpu.block_size, cpu.mqar_widths, cpu.learning_rates, cpu.max_iters, cpu.compile) == (64, "32,64", "3e-3", 600, False)
+    assert (cpu.block_size, cpu.mqar_widths, cpu.learning_rates, cpu.max_iters, cpu.compile) == (256, "32,64", "3e-3", 600, False)
     assert cpu.models == "vanilla,sparse,linear,delta,delta_product" and cpu.family["short_conv"] == 4 and cpu.n_layer == 2
     gpu = train_runner.configure("config/mqar.py", raw={"device": "cpu", "profile": "gpu"})
-    assert gpu.out_dir == "out-mqar-gpu" and (gpu.block_size, gpu.batch_size, gpu.max_iters) == (1024, 256, 4000)
+    assert gpu.out_dir == "out-mqar-gpu" and (gpu.block_size, gpu.batch_size, gpu.max_iters) == (2048, 256, 4000)
     assert gpu.mqar_widths == "64,128,256" and gpu.learning_rates == "3.2e-4,1e-3,3.2e-3,1e-2"
     assert (gpu.lr_bracket, gpu.runs_per_gpu) == (1, 3) and (cpu.lr_bracket, cpu.runs_per_gpu) == (0, 1)
     entries = mqar.plan(gpu)[0]
@@ -121,7 +137,8 @@ def test_recall_stage_writes_its_table_and_plots(mqar_data, tmp_path):
     for r in rows:  # each family and width at its best learning rate by val accuracy
         assert set(r["lr_sweep"]) == {"0.001", "0.01"} and r["lr_sweep"][f"{r['learning_rate']:g}"] == max(r["lr_sweep"].values())
     md = (tmp_path / "recall" / "mqar.md").read_text()
-    assert "| model | width | params | state bytes | best LR | rates done | 16x2 | 24x4 | all |" in md
+    assert "| model | width | params | state bytes | best LR | rates done | 16x2 | 24x4 | 32x4 | in-dist | len 32 | all |" in md
+    assert all(set(r["accuracy"]) == {"16x2", "24x4", "32x4", "in_dist", "len32", "all"} for r in rows)
     assert "Partial" not in md and all(r["rates_done"] == 2 for r in rows)
     assert all(r["best_lr_at_edge"] for r in rows) and "(edge): the best of the learning rates done" in md  # of two
     record = json.loads((tmp_path / "recall" / "mqar.json").read_text())
@@ -131,7 +148,7 @@ def test_recall_stage_writes_its_table_and_plots(mqar_data, tmp_path):
     m = run_metrics(s, "vanilla d16", 1e-3)
     assert m["config"]["n_embd"] == 16 and m["config"]["min_lr"] == 1e-4
     assert m["tokens_per_sec"] == pytest.approx(16 * 24 / (m["ms_per_iter"] / 1e3))  # the train width, not block_size
-    for png in ("mqar_accuracy.png", "mqar_state.png"):
+    for png in ("mqar_accuracy.png", "mqar_state.png", "mqar_length.png"):
         assert (tmp_path / "recall" / "plots" / png).stat().st_size > 2000
     assert json.loads((tmp_path / "recall" / "job.json").read_text())["stage"] == "mqar"  # what publishing reads
     # a sweep under way: the report alone picks each best among the finished runs and says what is missing
@@ -203,3 +220,15 @@ def test_softmax_attention_with_a_short_conv_learns_tiny_mqar(mqar_data, tmp_pat
         dtype="float32", out_dir=str(tmp_path / "vanilla")))
     assert m["val_accuracy"] > 0.95 and m["val_accuracy_by_slice"]["24x4"] > 0.9
     assert [a for _, a in m["curves"]["val_accuracy"]][0] < 0.2  # learned, not there from the start
+
+
+def test_a_folder_prepared_from_other_slices_is_prepared_again(tmp_path, capsys):
+    s = train_runner.configure(overrides=dict(dataset="mqar", data_dir=str(tmp_path), profile="cpu", device="cpu", block_size=256))
+    data.prepare(s)
+    meta = data.load_meta(tmp_path / "mqar")
+    assert mqar_prepare.current(meta) and meta["slices"]["val"][-1] == (256, 32, 300)
+    (tmp_path / "mqar" / "meta.pkl").write_bytes(pickle.dumps(dict(meta, slices={"val": [(64, 16, 300)]})))  # an earlier form
+    capsys.readouterr()
+    data.prepare(s)
+    assert "preparing" in capsys.readouterr().out and mqar_prepare.current(data.load_meta(tmp_path / "mqar"))
+    assert data.load(s, "cpu")["val"]["seq_len"].max() == 256

@@ -83,6 +83,17 @@ def test_rates_are_compared_on_their_common_seed_then_reported_over_all_of_the_b
     assert cells[3] == f"{(1.5 + 99) / 2:.4f} ± {row['best_val_loss_std']:.4f}" and cells[6] == "2"
 
 
+def test_the_best_rate_is_chosen_on_the_mean_over_every_seed_among_the_finalists(job):
+    s, add = job
+    add("vanilla", 1e-4, best=1.50)
+    add("vanilla", 1e-4, seed=7, best=1.52)
+    add("vanilla", 1e-3, best=1.45)  # the best on the first seed, not on the mean
+    add("vanilla", 1e-3, seed=7, best=1.65)
+    add("vanilla", 1e-2, best=1.60)  # not a finalist: one seed
+    row = report.write(s)["vanilla"]
+    assert row["best_lr"] == 1e-4 and row["seeds"] == 2 and row["best_val_loss"] == pytest.approx(1.51)
+
+
 def test_the_table_states_its_hardware_and_commit_at_its_top(job):
     s, add = job
     add("vanilla", 1e-3)

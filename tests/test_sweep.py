@@ -299,12 +299,13 @@ def test_a_sweep_with_lr_bracket_trains_one_step_past_the_best_end_and_resumes_i
     assert sorted(sweep.model_runs(tmp_path / "job", group)) == [1e-4, 1e-3, 1e-2]
 
 
-def test_seeds_at_best_train_more_seeds_only_at_the_best_learning_rate(shakespeare, tmp_path, capsys):
-    s = job(tmp_path, models="vanilla", learning_rates="1e-4,1e-3", seeds_at_best="7,1337")
-    sweep.run(s, train_runner.train)  # 6 iterations: the larger learning rate is the better one
+def test_seeds_at_best_train_more_seeds_only_at_the_finalist_learning_rates(shakespeare, tmp_path, capsys):
+    s = job(tmp_path, models="vanilla", learning_rates="1e-5,1e-4,1e-3", seeds_at_best="7,1337", finalists=2)
+    sweep.run(s, train_runner.train)  # 6 iterations: the larger the learning rate, the better
     group = sweep.report_groups(s)["vanilla"]
-    assert run_dirs(s) == [f"{group}/lr0.0001_s1337", f"{group}/lr0.001_s1337", f"{group}/lr0.001_s7"]
-    assert "seeds 7 at each model's best learning rate: vanilla 0.001" in capsys.readouterr().out
+    assert run_dirs(s) == [f"{group}/lr0.0001_s1337", f"{group}/lr0.0001_s7", f"{group}/lr0.001_s1337",
+                           f"{group}/lr0.001_s7", f"{group}/lr1e-05_s1337"]
+    assert "seeds 7 at each model's best learning rates: vanilla 0.001,0.0001" in capsys.readouterr().out
     assert metrics(s, "vanilla", 1e-3, seed=7)["config"]["seed"] == 7
     assert metrics(s, "vanilla", 1e-3, seed=7)["best_val_loss"] != metrics(s, "vanilla", 1e-3)["best_val_loss"]
 

@@ -4,6 +4,9 @@ Multi-query associative recall (MQAR; Zoology, Arora et al. 2023) -> train.npz /
     python data/mqar/prepare.py                    # the gpu profile: Zoology's setting (vocab 8,192; seq 64-1024)
     python data/mqar/prepare.py --profile=cpu      # a reduced form for a CPU: vocab 256, sequences of 32-64
 
+Both train on sequences up to 256 (cpu: 64) tokens and test also on longer ones: Zoology's val mix up
+to 1,024 and one slice of 2,048 (cpu: 128 and 256), so recall past the training length is measured.
+
 A sequence starts with num_kv_pairs key-value pairs (k1 v1 k2 v2 ...; keys drawn without replacement
 from the lower half of the vocabulary, values from the upper half). In the rest of the sequence each
 key is queried once, at a distance drawn from a power law (p(gap) ∝ gap^(a-1), a = 0.01: most queries
@@ -29,9 +32,17 @@ PROFILES = {
     "gpu": {"vocab": VOCAB,
                 "train": [(64, 4, 100_000), (128, 8, 20_000), (256, 16, 20_000), (256, 32, 20_000), (256, 64, 20_000)],
                 "val": [(64, 4, 1_000), (64, 8, 1_000), (64, 16, 1_000), (128, 32, 1_000), (256, 64, 1_000),
-                        (512, 128, 1_000), (1024, 256, 1_000)]},
-    "cpu": {"vocab": 256, "train": [(32, 4, 8_000), (64, 8, 8_000)], "val": [(32, 4, 300), (64, 8, 300), (64, 16, 300)]},
+                        (512, 128, 1_000), (1024, 256, 1_000), (2048, 512, 1_000)]},
+    "cpu": {"vocab": 256, "train": [(32, 4, 8_000), (64, 8, 8_000)],
+            "val": [(32, 4, 300), (64, 8, 300), (64, 16, 300), (128, 16, 300), (256, 32, 300)]},
 }
+
+
+def current(meta):
+    """Whether a folder's meta.pkl was prepared from these slices (a folder prepared before they changed is not)."""
+    if meta.get("profile") not in PROFILES:
+        return True  # a folder made by hand, not from a profile
+    return meta.get("slices") == {split: PROFILES[meta["profile"]][split] for split in ("train", "val")}
 
 
 def make_mqar(num_examples, seq_len, num_kv_pairs, vocab_size=VOCAB, power_a=0.01, seed=0):
@@ -85,7 +96,9 @@ def prepare(profile="gpu", out_dir=HERE):
         data = make_split(PROFILES[profile][split], seed=seed + 1, vocab_size=PROFILES[profile]["vocab"])
         atomic_save(out_dir / f"{split}.npz", lambda f, d=data: np.savez(f, **d))
         print(f"{split}: {len(data['inputs']):,} sequences of up to {data['inputs'].shape[1]} tokens")
-    atomic_save(out_dir / "meta.pkl", lambda f: pickle.dump({"vocab_size": PROFILES[profile]["vocab"], "profile": profile}, f))
+    meta = {"vocab_size": PROFILES[profile]["vocab"], "profile": profile,
+            "slices": {split: PROFILES[profile][split] for split in ("train", "val")}}
+    atomic_save(out_dir / "meta.pkl", lambda f: pickle.dump(meta, f))
 
 
 if __name__ == "__main__":
