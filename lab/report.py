@@ -9,7 +9,8 @@ matching and the benchmarks' rows (lab/bench.py), into
 
 The top of bakeoff.md names the hardware and the commit(s) its rows were made at. A model's best rate is
 chosen on the mean over all seeds among the rates that have them all (the finalists seeds_at_best trained
-more seeds at), or, while one rate alone has them, on the seeds every rate has; it is reported over all of its seeds. A missing benchmark file is a missing table, not an error.
+more seeds at), or, while one rate alone has them, on the seeds every rate has; it is reported over all
+of its seeds. A missing benchmark file is a missing table, not an error.
 """
 
 import math

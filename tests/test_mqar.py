@@ -47,7 +47,8 @@ def mqar_data(tmp_path):
     """A tiny MQAR dataset under tmp_path, the data_dir the settings below read."""
     folder = tmp_path / "mqar"
     folder.mkdir()
-    for seed, (split, slices) in enumerate((("train", [(16, 2, 2000), (24, 4, 2000)]), ("val", [(16, 2, 64), (24, 4, 64), (32, 4, 64)]))):
+    splits = (("train", [(16, 2, 2000), (24, 4, 2000)]), ("val", [(16, 2, 64), (24, 4, 64), (32, 4, 64)]))
+    for seed, (split, slices) in enumerate(splits):
         np.savez(folder / f"{split}.npz", **make_split(slices, seed=seed + 1, vocab_size=32))
     (folder / "meta.pkl").write_bytes(pickle.dumps({"vocab_size": 32}))
     return tmp_path

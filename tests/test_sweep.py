@@ -463,11 +463,15 @@ def test_sweep_eta_prices_each_unfinished_run_at_its_models_mean(tmp_path):
 def test_bakeoff_config_is_the_default_job():
     cpu = train_runner.configure(train_runner.DEFAULT_JOB, overrides={"device": "cpu"})
     assert cpu.stage == "bakeoff" and cpu.max_iters == 300 and cpu.seeds == "1337" and cpu.out_dir == "out-bakeoff-cpu"
-    assert configurator.split(cpu.models) == ["vanilla", "rope", "linear", "sparse", "delta", "delta_product", "nsa",
-                                             "delta_softmax", "gated_delta_window"]
+    assert configurator.split(cpu.models) == [
+        "vanilla", "rope", "linear:pos_emb=none", "sparse:pos_emb=rope", "delta:pos_emb=none", "delta_product:pos_emb=none",
+        "nsa:pos_emb=rope", "delta_softmax", "gated_delta_window"]
+    every = [configurator.for_model(cpu, name) for name in configurator.split(cpu.models)]
+    assert [e.model_args()["pos_emb"] for e in every] == ["learned", "rope", "none", "rope", "none", "none", "rope", "none", "none"]
     gpu = train_runner.configure(train_runner.DEFAULT_JOB, overrides={"device": "cpu", "profile": "gpu"})
-    # the task's own length applies; rates chosen on one seed, two more at each best rate
+    # the task's own length applies; two more seeds at each model's two best rates on the first
     assert gpu.max_iters == 3000 and gpu.seeds == "1337" and len(configurator.split(gpu.seeds_at_best)) == 2
+    assert gpu.finalists == 2
     assert gpu.out_dir == "out-bakeoff-gpu"
     assert gpu.runs_per_gpu == 3 and cpu.runs_per_gpu == 1  # shared GPUs: results/h100-sharing
     assert gpu.lr_bracket == 2 and cpu.lr_bracket == 1
