@@ -216,7 +216,7 @@ def test_softmax_attention_with_a_short_conv_learns_tiny_mqar(mqar_data, tmp_pat
     # without it softmax attention plateaus at choosing among the values in context for thousands of steps
     m = train_runner.train(None, overrides=dict(
         dataset="mqar", data_dir=str(mqar_data), model_type="vanilla", short_conv=4, pos_emb="rope", n_layer=2, n_head=2,
-        n_embd=64, block_size=24, batch_size=64, dropout=0.0, learning_rate=3e-3, min_lr=1e-4, max_iters=400,
+        n_embd=64, block_size=32, batch_size=64, dropout=0.0, learning_rate=3e-3, min_lr=1e-4, max_iters=400,
         lr_decay_iters=400, warmup_iters=50, eval_interval=200, eval_iters=2, log_interval=200, compile=False, device="cpu",
         dtype="float32", out_dir=str(tmp_path / "vanilla")))
     assert m["val_accuracy"] > 0.95 and m["val_accuracy_by_slice"]["24x4"] > 0.9
