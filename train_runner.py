@@ -422,12 +422,16 @@ class Record:
 
 
 def bakeoff(s):
-    """The main job: the sweep, then decoding latency and the memory wall of its models, then the report."""
+    """The main job: the sweep, then decoding latency and the memory wall of its models, their loss past the
+    training length, then the report."""
     start = time.perf_counter()
+    length.check(s)
     specs = sweep.run(s, train)
     for stage in bench.BAKEOFF:  # where the job's time goes, said as it goes
         print(f"[bakeoff] {time.perf_counter() - start:.0f} s in: {stage}")
         bench.run(s.replace(stage=stage), specs)
+    print(f"[bakeoff] {time.perf_counter() - start:.0f} s in: length")
+    length.run(s.replace(stage="length"))
     print(f"[bakeoff] {time.perf_counter() - start:.0f} s in: report")
     return report.write(s)
 

@@ -16,9 +16,10 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 
 FLEX_BLOCK = 128
 
-# past dynamo's recompile limit (8) flex_attention silently runs an unfused path that forms the T×T scores,
-# and a sweep over many lengths and masks needs more compilations than that
+# past dynamo's recompile limit flex_attention would silently run an unfused path that forms the T×T scores:
+# a sweep over many lengths and masks needs more compilations than the default 8, and past 64 it fails loudly
 torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+torch._dynamo.config.fail_on_recompile_limit_hit = True
 compiled_flex_attention = torch.compile(flex_attention, dynamic=False)  # both compile on first call
 compiled_create_block_mask = torch.compile(create_block_mask)  # never forms the T×T mask (4 GiB at T=65,536)
 

@@ -89,16 +89,22 @@ class ablated:
 # which checkpoints, loaded with their data
 
 
-def best_checkpoint(root, group):
-    """The checkpoint of a model's best run in the job folder: its best learning rate (mean over seeds), then
-    the seed there with the lowest val loss that kept a checkpoint; None where it has none."""
+def checkpoints_at_best_rate(root, group):
+    """[(best val loss, checkpoint)] of a model's runs at its rate in the job folder (the report's,
+    sweep.chosen_rate), each seed that kept one, best first."""
     by_rate = sweep.model_runs(root, group)
     if not by_rate:
-        return None
-    lr = sweep.best_rate(by_rate, lambda m: -m["best_val_loss"])
+        return []
+    lr = sweep.chosen_rate(by_rate)
     kept = [(m["best_val_loss"], root / "runs" / group / f"lr{lr:g}_s{m['config']['seed']}" / "ckpt.pt")
             for m in by_rate[lr] if m.get("best_val_loss") is not None]
-    kept = sorted((loss, path) for loss, path in kept if path.exists())
+    return sorted((loss, path) for loss, path in kept if path.exists())
+
+
+def best_checkpoint(root, group):
+    """The checkpoint of a model's best run in the job folder: at its rate, the seed with the lowest val loss
+    that kept a checkpoint; None where it has none."""
+    kept = checkpoints_at_best_rate(root, group)
     return kept[0][1] if kept else None
 
 

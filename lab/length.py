@@ -3,7 +3,7 @@ Loss against context length (--stage=length): each trained model's validation lo
 length_factors x its block_size, in the two conventions the literature uses, and by position.
 
     python train_runner.py --stage=length --out_dir=out-shakespeare-char    # that run's ckpt.pt
-    python train_runner.py --stage=length --out_dir=out-bakeoff-cpu         # each model's best run there
+    python train_runner.py --stage=length --out_dir=out-bakeoff-cpu         # each model's seeds at its rate
     python train_runner.py config/length.py                                 # position schemes: train, then this
 
 The text is the same for every length: the start of the val split, length_chunks chunks of the longest
@@ -17,6 +17,7 @@ context (0: as much of the split as whole chunks of it hold).
     positions   the loss of the longest context's chunks at positions [0, b), [b, 2b), ... (b = block_size):
                 where past its training length a model breaks down
 
+In a job's folder every seed at a model's rate (the bake-off report's) is measured: mean ± std over them.
 A model whose positions stop at block_size (learned) has its 1x row and, for longer contexts, the one-line
 reason. Each forward is whole windows, as many a batch as keep the logits under data.EVAL_LOGITS: no
 family forms more than it does in training.
@@ -29,8 +30,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lab import UserError, data, files, inspection
-from lab.report import fmt, hardware, write_record
+from lab import UserError, data, files, inspection, sweep
+from lab.report import fmt, hardware, mean_std, write_record
 from lab.settings import split
 
 REFUSED = "learned positions have no row past block_size"
@@ -105,11 +106,40 @@ def evaluate(run, s):
     return row
 
 
+def checkpoints(s):
+    """{name: [checkpoint, ...]}: ckpt_path or <out_dir>/ckpt.pt alone, else each model's seeds at its rate."""
+    root = Path(s.out_dir)
+    if s.ckpt_path or (root / "ckpt.pt").exists():
+        return {name: [path] for name, path in inspection.targets(s).items()}
+    found = {name: [path for _, path in inspection.checkpoints_at_best_rate(root, group)]
+             for name, group in sweep.report_groups(s).items()}
+    found = {name: paths for name, paths in found.items() if paths}
+    if not found:
+        raise UserError(f"no checkpoint of {s.models} under {root / 'runs'} at these settings: train the job first "
+                        "(--stage=length trains what it lacks) or give --ckpt_path")
+    return found
+
+
+def combined(rows):
+    """One model's row over its seeds: each length's losses as mean and std, by position as the mean."""
+    row = dict(rows[0], seeds=len(rows), lengths={})
+    for L, first in rows[0]["lengths"].items():
+        if "refused" in first:
+            row["lengths"][L] = first
+            continue
+        every = [r["lengths"][L] for r in rows]
+        row["lengths"][L] = {"by_position": [sum(col) / len(col) for col in zip(*(m["by_position"] for m in every))]}
+        for key in ("chunks", "sliding"):
+            row["lengths"][L][key], row["lengths"][L][f"{key}_std"] = mean_std([m[key] for m in every])
+    return row
+
+
 def run(s):
-    """Every checkpoint of the job (or ckpt_path) at every length -> <out_dir>/length/. Returns the rows."""
+    """Every model of the job (its seeds), or one checkpoint, at every length -> <out_dir>/length/. Returns the rows."""
     check(s)
     env = files.environment()
-    rows = {name: evaluate(inspection.load(path, s), s) for name, path in inspection.targets(s).items()}
+    rows = {name: combined([evaluate(inspection.load(path, s), s) for path in paths])
+            for name, paths in checkpoints(s).items()}
     root = Path(s.out_dir) / "length"
     record = {"rows": rows, "environment": env, "factors": factors(s), "chunks": s.length_chunks}
     write_record(root, "length", record, markdown(rows, env))
@@ -126,9 +156,11 @@ def markdown(rows, env):
 
     def cell(r, L):
         m = r["lengths"].get(L)
-        return "" if m is None else "–" if "refused" in m else f"{fmt(m['chunks'])} / {fmt(m['sliding'])}"
-    lines += files.markdown_table(["model", "positions", "trained at", *(f"{L:,}" for L in lengths)],
-                                  [[name, r["pos_emb"], r["block_size"], *(cell(r, L) for L in lengths)]
+        if m is None or "refused" in m:
+            return "" if m is None else "–"
+        return " / ".join(fmt(m[k]) + (f" ± {m[k + '_std']:.3f}" if r["seeds"] > 1 else "") for k in ("chunks", "sliding"))
+    lines += files.markdown_table(["model", "positions", "trained at", "seeds", *(f"{L:,}" for L in lengths)],
+                                  [[name, r["pos_emb"], r["block_size"], r["seeds"], *(cell(r, L) for L in lengths)]
                                    for name, r in rows.items()])
     longest = {name: r["lengths"][max(r["lengths"])] for name, r in rows.items()}
     buckets = max((len(m.get("by_position", [])) for m in longest.values()), default=0)
@@ -146,7 +178,8 @@ def plot(root, rows):
     for name, r in rows.items():
         done = {L: m for L, m in r["lengths"].items() if "refused" not in m}
         for ax, key in zip(axes, ("chunks", "sliding")):
-            ax.plot(list(done), [m[key] for m in done.values()], marker="o", label=name)
+            ax.errorbar(list(done), [m[key] for m in done.values()], yerr=[m.get(f"{key}_std") or 0 for m in done.values()],
+                        marker="o", capsize=2, label=name)
     for ax, key in zip(axes, ("chunks", "sliding")):
         ax.set(xlabel="context length (tokens)", ylabel="val loss", title=key)
         ax.set_xscale("log", base=2)

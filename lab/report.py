@@ -94,16 +94,14 @@ def by_length(benches, stage, key, name):
 def summary(name, by_lr, params, benches):
     """One model's row: its best rate (on the mean over every seed among the rates that have them all, else
     on the seeds every rate has), then that rate's figures over all its seeds."""
-    seeds = {lr: {m["config"]["seed"] for m in ms} for lr, ms in by_lr.items()}
-    every_seed, common = set.union(*seeds.values()), set.intersection(*seeds.values())
-    finalists = {lr: ms for lr, ms in by_lr.items() if seeds[lr] == every_seed}
+    best_lr = sweep.chosen_rate(by_lr)
+    common = set.intersection(*({m["config"]["seed"] for m in ms} for ms in by_lr.values()))
     on_common = {lr: [m for m in ms if m["config"]["seed"] in common] or ms for lr, ms in by_lr.items()}
-    best_lr = sweep.best_rate(finalists if len(finalists) > 1 else on_common,
-                              lambda m: -m["best_val_loss"] if m.get("best_val_loss") is not None else -math.inf)
     if not any(m.get("status") == "done" for m in by_lr[best_lr]):
         best_lr = None  # no rate has a finished run
     runs = sorted(by_lr.get(best_lr, []), key=lambda m: m["config"]["seed"])
     every = [m for ms in by_lr.values() for m in ms]
+    first = (runs or every)[0]["config"]
     best, best_sd = mean_std([m.get("best_val_loss") for m in runs])
     final, final_sd = mean_std([m.get("final_val_loss") for m in runs])
     return {
@@ -118,6 +116,7 @@ def summary(name, by_lr, params, benches):
         "kernel_path": sorted({p for m in every for p in m.get("kernel_path") or []}),
         "status": {k: sum(str(m.get("status")) == k for m in every) for k in sorted({str(m.get("status")) for m in every})},
         "lr_sweep": {str(lr): mean_std([m.get("best_val_loss") for m in on_common[lr]])[0] for lr in sorted(by_lr)},
+        "positions": "per layer" if first.get("layers") else first.get("pos_emb"), "dropout": first.get("dropout"),
         "ms_per_token": by_length(benches, "bench_decode", "ms_per_token", name),
         "peak_mib": by_length(benches, "bench_memory", "peak_mib", name),
         "step_ms": by_length(benches, "bench_memory", "ms", name),
@@ -165,10 +164,14 @@ def best_run(by_lr, lr):
 
 def markdown(root, models, env):
     lines = [f"# Bake-off: {root}", "", f"{hardware(env)}.", "",
-             "Made by `python train_runner.py` (stage bakeoff); each run's config is in runs/*/*/metrics.json.", ""]
+             "Made by `python train_runner.py` (stage bakeoff); each run's config is in runs/*/*/metrics.json. No "
+             "model drops attention weights; dropout (of the embeddings, residual and MLP outputs) is each model's "
+             "setting. Positions: a hybrid's are its layers' own (config/models/).", ""]
     lines += files.markdown_table(
-        ["model", "params", "best LR", "best val (± std)", "final val", "ppl", "seeds", "tokens/s", "MFU", "kernels", "runs"],
-        ([name, fmt(m["params"], ","), fmt(m["best_lr"], ".3g") + (" (edge)" if m["best_lr_at_edge"] else ""),
+        ["model", "positions", "dropout", "params", "best LR", "best val (± std)", "final val", "ppl", "seeds", "tokens/s",
+         "MFU", "kernels", "runs"],
+        ([name, m["positions"] or "–", fmt(m["dropout"], "g"), fmt(m["params"], ","),
+          fmt(m["best_lr"], ".3g") + (" (edge)" if m["best_lr_at_edge"] else ""),
           fmt(m["best_val_loss"]) + (f" ± {m['best_val_loss_std']:.4f}" if m["seeds"] > 1 else ""),
           fmt(m["final_val_loss"]), fmt(m["val_perplexity"], ".2f"), m["seeds"], fmt(m["tokens_per_sec"], ",.0f") + shared(m),
           fmt(m["mfu"] and 100 * m["mfu"], ".1f") + ("%" if m["mfu"] else ""), ", ".join(m["kernel_path"]),
@@ -187,6 +190,10 @@ def markdown(root, models, env):
         lines += ["", f"## {title}", "", *files.markdown_table(
             ["model", *(f"{t:,}" for t in lens)],
             ([name, *(c if isinstance(c, str) else fmt(c, spec) for c in row)] for name, row in cells.items()))]
+    length_md = root / "length" / "length.md"
+    if length_md.exists():  # --stage=length's table, as the bake-off runs it last (its own header left out)
+        body = length_md.read_text().split("\n\n", 2)[2]
+        lines += ["", "## Loss against context length (length/length.md, length/length.png)", "", body.rstrip()]
     return "\n".join(lines) + "\n"
 
 

@@ -193,6 +193,18 @@ def best_rate(by_rate, score):
     return ranked_rates(by_rate, score)[0]
 
 
+def chosen_rate(by_lr):
+    """A model's rate from its runs ({rate: [metrics]}): the best by mean val loss over every seed among the
+    rates that have them all (the finalists seeds_at_best trained), or, while one rate alone has them, on
+    the seeds every rate has."""
+    seeds = {lr: {m["config"]["seed"] for m in ms} for lr, ms in by_lr.items()}
+    every_seed, common = set.union(*seeds.values()), set.intersection(*seeds.values())
+    finalists = {lr: ms for lr, ms in by_lr.items() if seeds[lr] == every_seed}
+    on_common = {lr: [m for m in ms if m["config"]["seed"] in common] or ms for lr, ms in by_lr.items()}
+    return best_rate(finalists if len(finalists) > 1 else on_common,
+                     lambda m: -m["best_val_loss"] if m.get("best_val_loss") is not None else -math.inf)
+
+
 def lr_beyond(best, tried, grid):
     """One grid step past the end of `tried` where `best` is, or None when it is inside (or the grid is one rate)."""
     if len(grid) < 2:

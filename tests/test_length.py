@@ -8,7 +8,7 @@ import torch
 from conftest import TINY
 
 import train_runner
-from lab import UserError, data, families, length
+from lab import UserError, data, families, inspection, length, sweep
 
 
 def model_with(pos_emb, block_size=16, seed=0):
@@ -79,3 +79,34 @@ def test_bad_length_settings_stop_before_anything_is_written(shakespeare, tmp_pa
     with pytest.raises(UserError, match=message):
         length.run(s)
     assert not (out / "length").exists()
+
+
+def test_a_jobs_model_is_measured_on_every_seed_at_its_rate(shakespeare, tmp_path):
+    job = dict(TINY, out_dir=str(tmp_path / "job"), models="rope", learning_rates="1e-3", seeds="1337,7", max_iters=4,
+               eval_interval=4, length_factors="1,2", length_chunks=2)
+    s = train_runner.configure(overrides=dict(job, stage="length"))
+    rows = train_runner.lengths(s)  # trains the two runs first
+    row = rows["rope"]
+    alone = [length.evaluate(inspection.load(path, s), s) for _, path in
+             inspection.checkpoints_at_best_rate(tmp_path / "job", sweep.report_groups(s)["rope"])]
+    assert row["seeds"] == len(alone) == 2
+    for L in (32, 64):
+        losses = [r["lengths"][L]["chunks"] for r in alone]
+        assert losses[0] != losses[1] and row["lengths"][L]["chunks"] == pytest.approx(sum(losses) / 2)
+        assert row["lengths"][L]["chunks_std"] == pytest.approx(abs(losses[0] - losses[1]) / 2 ** 0.5)
+    assert "| rope | rope | 32 | 2 |" in (tmp_path / "job" / "length" / "length.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_main_job_reports_loss_past_the_training_length(shakespeare, tmp_path):
+    s = train_runner.configure(overrides=dict(
+        TINY, stage="bakeoff", out_dir=str(tmp_path / "job"), models="vanilla,rope", learning_rates="1e-3", max_iters=4,
+        eval_interval=4, length_factors="1,2", length_chunks=2, decode_lens="8", seq_lens="16", tokens_per_batch=64,
+        trials=1, decode_trials=1))
+    train_runner.bakeoff(s)
+    md = (tmp_path / "job" / "bakeoff.md").read_text()
+    section = md[md.index("## Loss against context length"):]
+    assert "| vanilla | learned | 32 | 1 |" in section and "| rope | rope | 32 | 1 |" in section
+    rope = json.loads((tmp_path / "job" / "length" / "length.json").read_text())["rows"]["rope"]["lengths"]
+    assert rope["64"]["chunks"] > 0 and f"{rope['64']['chunks']:.4f} / {rope['64']['sliding']:.4f}" in section
+    assert section.count("–") >= 1  # vanilla's learned positions stop at 32

@@ -28,7 +28,7 @@ def job(tmp_path):
         curves = {"train": [[5, 2.5, lr], [10, 2.0, lr]], "val": [[0, 4.2, 4.2, 0.5], [10, 2.0, best or 4.0, 2.0]]}
         m = dict(status=status, best_val_loss=best, final_val_loss=best and best + 0.1, params=1000, tokens_per_sec=5000.0,
                  mfu=None, kernel_path=["sdpa"], flops_per_iter=1e9, gpu_share=1, curves=curves,
-                 config={"learning_rate": lr, "seed": seed}, environment=dict(ENV, git_commit=commit))
+                 config={"learning_rate": lr, "seed": seed, "pos_emb": "learned", "dropout": 0.2}, environment=dict(ENV, git_commit=commit))
         files.write_json(tmp_path / "job" / "runs" / groups[name] / f"lr{lr:g}_s{seed}" / "metrics.json", dict(m, **more))
     return s, add
 
@@ -59,10 +59,10 @@ def test_each_model_at_its_best_rate_and_every_run_counted(job):
     assert lin["best_lr"] is None and lin["status"] == {"failed": 1} and lin["best_val_loss"] is None
     root = Path(s.out_dir)
     md = (root / "bakeoff.md").read_text()
-    assert "| model | params | best LR | best val (± std) | final val | ppl | seeds | tokens/s |" in md
+    assert "| model | positions | dropout | params | best LR | best val (± std) | final val | ppl | seeds | tokens/s |" in md
     rows = table_rows(md)
-    assert rows["vanilla"][:5] == ["vanilla", "1,000", "0.001 (edge)", "1.5000", "1.6000"]
-    assert rows["linear"][2:4] == ["–", "–"] and rows["linear"][-1] == "1 failed"
+    assert rows["vanilla"][:7] == ["vanilla", "learned", "0.2", "1,000", "0.001 (edge)", "1.5000", "1.6000"]
+    assert rows["linear"][4:6] == ["–", "–"] and rows["linear"][-1] == "1 failed"
     assert "(edge): the best of the learning rates tried is the lowest or highest" in md
     assert json.loads((root / "bakeoff.json").read_text())["models"]["vanilla"]["lr_sweep"] == {"0.001": 1.5, "0.002": 1.0}
     for png in ("loss_curves", "final_val_loss", "ppl_vs_flops", "ppl_vs_wallclock", "lr_sweep"):
@@ -80,7 +80,7 @@ def test_rates_are_compared_on_their_common_seed_then_reported_over_all_of_the_b
     assert row["best_val_loss_std"] == pytest.approx(math.sqrt(2) * (99 - 1.5) / 2) and not row["best_lr_at_edge"]
     assert row["lr_sweep"] == {"0.0001": 1.6, "0.001": 1.5, "0.01": 1.55}
     cells = table_rows((Path(s.out_dir) / "bakeoff.md").read_text())["vanilla"]
-    assert cells[3] == f"{(1.5 + 99) / 2:.4f} ± {row['best_val_loss_std']:.4f}" and cells[6] == "2"
+    assert cells[5] == f"{(1.5 + 99) / 2:.4f} ± {row['best_val_loss_std']:.4f}" and cells[8] == "2"
 
 
 def test_the_best_rate_is_chosen_on_the_mean_over_every_seed_among_the_finalists(job):

@@ -184,3 +184,17 @@ def test_gpu_graph_decoding_equals_recompute(variant):
     eager = model.generate(prompt, 100, temperature=0, cuda_graph=False)
     assert torch.equal(graphed, eager)
     assert torch.equal(eager, generate_by_recompute(model, prompt, 100, temperature=0))
+
+
+def test_a_compiled_kernel_past_its_recompile_limit_fails_loudly():
+    # flex_attention past the limit would run an unfused T×T path: a new length must not slow a job silently
+    from attn_kernels import flex  # noqa: F401  (its import sets dynamo's config)
+
+    def double(x):
+        return x * 2
+    compiled = torch.compile(double, dynamic=False, backend="eager")
+    with torch._dynamo.config.patch(recompile_limit=2):
+        compiled(torch.ones(1)), compiled(torch.ones(2))
+        with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+            compiled(torch.ones(3))
+    torch._dynamo.reset()
