@@ -28,7 +28,8 @@ def job(tmp_path):
         curves = {"train": [[5, 2.5, lr], [10, 2.0, lr]], "val": [[0, 4.2, 4.2, 0.5], [10, 2.0, best or 4.0, 2.0]]}
         m = dict(status=status, best_val_loss=best, final_val_loss=best and best + 0.1, params=1000, tokens_per_sec=5000.0,
                  mfu=None, kernel_path=["sdpa"], flops_per_iter=1e9, gpu_share=1, curves=curves,
-                 config={"learning_rate": lr, "seed": seed, "pos_emb": "learned", "dropout": 0.2}, environment=dict(ENV, git_commit=commit))
+                 config={"learning_rate": lr, "seed": seed, "pos_emb": "learned", "dropout": 0.2},
+                 environment=dict(ENV, git_commit=commit))
         files.write_json(tmp_path / "job" / "runs" / groups[name] / f"lr{lr:g}_s{seed}" / "metrics.json", dict(m, **more))
     return s, add
 
