@@ -133,7 +133,7 @@ def report(s):
     for row, entry in entries.items():
         runs = tried(root, groups[row], grid, entry.seed)
         envs += [m["environment"] for m in runs.values() if m.get("status") == "done" and m.get("environment")]
-        rows.append(summary(entry, runs))
+        rows.append(dict(summary(entry, runs), model=row.rsplit(" d", 1)[0]))  # the entry as named, options and all
     if not any(r["accuracy"] for r in rows):
         raise UserError(f"no MQAR run at these settings (the device type among them) under {root}/runs has finished: "
                         "run --stage=mqar first; each run's metrics.json and error.log say why it stopped")
