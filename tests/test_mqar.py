@@ -223,6 +223,22 @@ def test_softmax_attention_with_a_short_conv_learns_tiny_mqar(mqar_data, tmp_pat
     assert [a for _, a in m["curves"]["val_accuracy"]][0] < 0.2  # learned, not there from the start
 
 
+@pytest.mark.slow
+def test_recall_orders_the_families_as_the_literature_does(mqar_data, tmp_path):
+    # Zoology's shape at a tiny size: a window shorter than the sequences recalls less than softmax, and
+    # DeltaNet more than linear attention at the same width (the same state size)
+    def accuracy(model_type, **more):
+        return train_runner.train(None, overrides=dict(
+            dataset="mqar", data_dir=str(mqar_data), model_type=model_type, short_conv=4, n_layer=2, n_head=2, n_embd=64,
+            block_size=32, batch_size=64, dropout=0.0, learning_rate=3e-3, min_lr=1e-4, max_iters=400, lr_decay_iters=400,
+            warmup_iters=50, eval_interval=400, eval_iters=2, log_interval=400, compile=False, device="cpu", dtype="float32",
+            out_dir=str(tmp_path / model_type), **more))["val_accuracy_by_slice"]
+    softmax, window = accuracy("vanilla", pos_emb="rope"), accuracy("sparse", pos_emb="rope", window=2)
+    linear, delta = accuracy("linear", pos_emb="none"), accuracy("delta", pos_emb="none")
+    assert softmax["all"] > 0.95 and window["all"] < 0.3  # measured 0.997 and 0.097
+    assert delta["all"] > 0.9 and delta["all"] > linear["all"] + 0.3  # 0.994 and 0.297
+
+
 def test_a_folder_prepared_from_other_slices_is_prepared_again(tmp_path, capsys):
     s = train_runner.configure(overrides=dict(dataset="mqar", data_dir=str(tmp_path), profile="cpu", device="cpu", block_size=256))
     data.prepare(s)

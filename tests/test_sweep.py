@@ -354,7 +354,8 @@ def test_a_bakeoff_with_workers_compiles_its_benchmarks_beside_its_runs(shakespe
                                overrides=dict(stage="bakeoff", sweep_workers=2, seeds_at_best="7", warm_benchmarks=True))
     sweep.run(s, train_runner.train)
     out = capfd.readouterr().out
-    assert out.count("workers started") == 2 and out.count("the benchmarks compile beside the runs") == 1  # the first round only
+    # workers start for the grid, and for seed 7 unless a worker that found its round done took those runs on itself
+    assert out.count("workers started") in (1, 2) and out.count("the benchmarks compile beside the runs") == 1
     assert out.count("[bench_decode] compiled ") == 4 and out.count("[bench_memory] compiled ") == 4
     assert not list((tmp_path / "job").glob("bench*"))  # nothing measured or written
     assert len(run_dirs(s)) == 4
