@@ -18,6 +18,8 @@ Keys and queries are L2-normalised per head (so I - β k kᵀ is a contraction f
 Grazzi et al. 2025), q/k/v pass a short causal depthwise convolution and SiLU, and the output is
 RMS-normalised per head (× SiLU(g_t) of an output gate in the gated variants, and in DeltaNet with
 `use_gate`), as in flash-linear-attention's DeltaNet / GatedDeltaNet / GatedDeltaProduct layers.
+At initialisation SiLU(g) ≈ g/2 is small and of either sign, which slows learning to recall; a
+sigmoid gate (`gate_fn`) starts at 1/2 everywhere (results/cpu-mqar-gates).
 
 Training form (chunks of C tokens, the WY / UT representation): within a chunk with state S
 entering, cumulative decays Γ_i = Π_{j≤i} α_j, and
@@ -54,6 +56,7 @@ import model
 from attn_kernels import fla_delta
 
 VARIANTS = ("deltanet", "gated_deltanet", "gated_deltaproduct")
+GATE_FNS = {"silu": F.silu, "sigmoid": torch.sigmoid}
 
 
 @dataclass
@@ -63,6 +66,10 @@ class GPTConfig(model.BackboneConfig):
     num_householder: int = 2  # gated_deltaproduct: delta steps per token
     allow_neg_eigval: bool = False  # β in (0, 2) instead of (0, 1)
     use_gate: bool = False  # deltanet: the output gate the gated variants always have (FLA's DeltaNet use_gate)
+    gate_fn: str = "silu"  # the output gate's activation, silu or sigmoid (FLA's output_gate_activation)
+    # the gated variants' decay init: dt log-uniform in [dt_min, dt_max] (Mamba-2's); a smaller dt starts a longer memory
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
     use_short_conv: bool = True
     conv_size: int = 4
     head_k_dim: int = 0  # 0: n_embd // n_head
@@ -84,6 +91,10 @@ class GPTConfig(model.BackboneConfig):
             raise ValueError("head_k_dim and head_v_dim must be >= 0 (0: the default)")
         if self.n_kv_head != self.n_head:
             raise ValueError("the delta family has no grouped K/V heads; leave n_kv_head unset")
+        if self.gate_fn not in GATE_FNS:
+            raise ValueError(f"gate_fn must be one of {', '.join(GATE_FNS)}; got '{self.gate_fn}'")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
 
     @property
     def k_dim(self):
@@ -239,9 +250,10 @@ class DeltaAttention(nn.Module):
             for conv in (self.q_conv, self.k_conv, self.v_conv):
                 nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))
         if config.gated:
-            # Mamba-2's decay init: A ~ U(0, 16), dt log-uniform in [1e-3, 0.1], dt_bias = softplus⁻¹(dt)
+            # Mamba-2's decay init: A ~ U(0, 16), dt log-uniform in [dt_min, dt_max], dt_bias = softplus⁻¹(dt)
             self.A_log = nn.Parameter(torch.empty(H).uniform_(0, 16).log())
-            dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+            lo, hi = math.log(config.dt_min), math.log(config.dt_max)
+            dt = torch.exp(torch.rand(H) * (hi - lo) + lo).clamp(min=min(1e-4, config.dt_min))
             self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
         self.o_norm = nn.Parameter(torch.ones(V))
         self.c_proj = nn.Linear(H * V, C, bias=config.bias)  # named so the backbone's depth-scaled init finds it
@@ -377,7 +389,7 @@ class DeltaAttention(nn.Module):
         o = F.rms_norm(o if o.dtype == torch.float64 else o.float(), (V,), eps=1e-5)
         o = o * self.o_norm.to(o.dtype)
         if g is not None:
-            o = o * F.silu(g.view(B, T, H, V).to(o.dtype))
+            o = o * GATE_FNS[self.config.gate_fn](g.view(B, T, H, V).to(o.dtype))
         return o.reshape(B, T, H * V).to(dtype)
 
 

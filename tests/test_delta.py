@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import assert_causal, assert_fast_path_matches_reference, decode_stepwise
 
 import model_delta
@@ -222,6 +223,15 @@ def test_deltanet_output_gate_reads_its_own_slice():
     assert gated.transformer.h[0].attn.sizes[4:] == [4 * gated.config.v_dim]  # no decay input
 
 
+def test_the_output_gate_and_the_decay_init_are_the_settings_given():
+    attn = tiny(variant="gated_deltanet", gate_fn="sigmoid", dt_min=0.01, dt_max=0.01).transformer.h[0].attn
+    torch.testing.assert_close(F.softplus(attn.dt_bias), torch.full_like(attn.dt_bias, 0.01))  # dt at init
+    H, V = attn.config.n_head, attn.config.v_dim
+    o, g = torch.randn(2, H, 5, V, dtype=torch.float64), torch.randn(2, 5, H * V, dtype=torch.float64)
+    want = F.rms_norm(o.transpose(1, 2), (V,), eps=1e-5) * attn.o_norm * torch.sigmoid(g.view(2, 5, H, V))
+    torch.testing.assert_close(attn._output(o, g, torch.float64), want.reshape(2, 5, H * V))
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(variant="mamba"), "variant must be one of"),
     (dict(num_householder=0), "num_householder must be >= 1"),
@@ -229,6 +239,8 @@ def test_deltanet_output_gate_reads_its_own_slice():
     (dict(n_kv_head=2), "no grouped K/V heads"),
     (dict(head_k_dim=-1), "head_k_dim and head_v_dim must be >= 0"),
     (dict(scan_from=-1), "scan_from must be >= 0"),
+    (dict(gate_fn="tanh"), "gate_fn must be one of silu, sigmoid"),
+    (dict(dt_min=0.0), "need 0 < dt_min <= dt_max"), (dict(dt_min=0.2), "need 0 < dt_min <= dt_max"),
 ])
 def test_bad_config(bad, message):
     with pytest.raises(ValueError, match=message):
