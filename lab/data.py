@@ -37,12 +37,12 @@ def prepare(s):
     has a current(meta) that says the folder was prepared by an earlier form of it."""
     path = folder(s)
     script = SCRIPTS / s.dataset / "prepare.py"
-    if not is_prepared(path) or stale(script, path):
-        if not script.is_file():
+    module = load_script(script) if script.is_file() else None
+    if not is_prepared(path) or not getattr(module, "current", lambda meta: True)(load_meta(path)):
+        if module is None:
             known = sorted(p.name for p in SCRIPTS.iterdir() if (p / "prepare.py").is_file())
             raise UserError(f"dataset '{s.dataset}' is not prepared in {path} and has no data/{s.dataset}/prepare.py; "
                             f"choose one of {', '.join(known)}")
-        module = load_script(script)
         kwargs = {"profile": s.profile} if "profile" in inspect.signature(module.prepare).parameters else {}
         print(f"preparing {path} (python data/{s.dataset}/prepare.py)")
         path.mkdir(parents=True, exist_ok=True)
@@ -62,10 +62,6 @@ def load_script(script):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def stale(script, path):
-    return script.is_file() and not getattr(load_script(script), "current", lambda meta: True)(load_meta(path))
 
 
 class _MetaUnpickler(pickle.Unpickler):

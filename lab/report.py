@@ -94,9 +94,7 @@ def by_length(benches, stage, key, name):
 def summary(name, by_lr, params, benches):
     """One model's row: its best rate (on the mean over every seed among the rates that have them all, else
     on the seeds every rate has), then that rate's figures over all its seeds."""
-    best_lr = sweep.chosen_rate(by_lr)
-    common = set.intersection(*({m["config"]["seed"] for m in ms} for ms in by_lr.values()))
-    on_common = {lr: [m for m in ms if m["config"]["seed"] in common] or ms for lr, ms in by_lr.items()}
+    best_lr, on_common = sweep.chosen_rate(by_lr), sweep.on_common_seeds(by_lr)
     if not any(m.get("status") == "done" for m in by_lr[best_lr]):
         best_lr = None  # no rate has a finished run
     runs = sorted(by_lr.get(best_lr, []), key=lambda m: m["config"]["seed"])

@@ -198,11 +198,16 @@ def chosen_rate(by_lr):
     rates that have them all (the finalists seeds_at_best trained), or, while one rate alone has them, on
     the seeds every rate has."""
     seeds = {lr: {m["config"]["seed"] for m in ms} for lr, ms in by_lr.items()}
-    every_seed, common = set.union(*seeds.values()), set.intersection(*seeds.values())
+    every_seed = set.union(*seeds.values())
     finalists = {lr: ms for lr, ms in by_lr.items() if seeds[lr] == every_seed}
-    on_common = {lr: [m for m in ms if m["config"]["seed"] in common] or ms for lr, ms in by_lr.items()}
-    return best_rate(finalists if len(finalists) > 1 else on_common,
+    return best_rate(finalists if len(finalists) > 1 else on_common_seeds(by_lr),
                      lambda m: -m["best_val_loss"] if m.get("best_val_loss") is not None else -math.inf)
+
+
+def on_common_seeds(by_lr):
+    """{rate: its runs of the seeds every rate has} (all its runs where they share none)."""
+    common = set.intersection(*({m["config"]["seed"] for m in ms} for ms in by_lr.values()))
+    return {lr: [m for m in ms if m["config"]["seed"] in common] or ms for lr, ms in by_lr.items()}
 
 
 def lr_beyond(best, tried, grid):
